@@ -1,0 +1,240 @@
+"""Embedder: a bundle's ONNX session + tokenizer + pooling, turning texts into vectors.
+
+Deliberately does not download anything, build or quantize models, or guess how a model
+pools: everything model-specific comes from the bundle's manifest. It feeds the graph
+only the inputs the graph declares and returns 2-D float32 arrays in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from .errors import BundleError, InputError
+from .manifest import Manifest
+from .pooling import POOLERS, l2_normalize
+
+__all__ = ["EmbedResult", "Embedder"]
+
+log = logging.getLogger("edge_embed")
+
+_ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+THREADS_ENV = "EDGE_EMBED_THREADS"
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Vectors plus what happened on the way: tokens used and texts truncated."""
+
+    vectors: npt.NDArray[np.float32]
+    tokens: npt.NDArray[np.int64]  # tokens fed to the model per text (after truncation)
+    truncated: int  # how many texts were cut at max_length
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.tokens.sum())
+
+
+def check_texts(texts: Any) -> list[str]:
+    """The one place that decides what embed() accepts: a sequence of str."""
+    if isinstance(texts, (str, bytes)):
+        raise InputError("texts: got a single string; wrap a single text in a list: embed([text])")
+    if not isinstance(texts, Sequence) and not isinstance(texts, np.ndarray):
+        raise InputError(f"texts: expected a list of strings, got {type(texts).__name__}")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise InputError(f"texts[{i}]: expected str, got {type(t).__name__}; pass text, not {type(t).__name__}")
+    return out
+
+
+class Embedder:
+    """Loads a bundle and embeds text. Use :meth:`load`."""
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest, session: ort.InferenceSession,
+                 tokenizer: Tokenizer) -> None:
+        self.path = bundle_dir
+        self.manifest = manifest
+        self.session = session
+        self._tok = tokenizer
+        self._tok_full = Tokenizer.from_str(tokenizer.to_str())
+        self._tok_full.no_truncation()
+        self._pool = POOLERS[manifest.pooling]
+        self._inputs = {i.name: _ORT_INT_TYPES[i.type] for i in session.get_inputs()}
+        outputs = session.get_outputs()
+        names = [o.name for o in outputs]
+        self._output = "last_hidden_state" if "last_hidden_state" in names else names[0]
+        self._output_rank = len(next(o.shape for o in outputs if o.name == self._output))
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], threads: int | None = None, *,
+             verify: bool = False, providers: Sequence[str] | None = None) -> Embedder:
+        """Load a bundle directory.
+
+        threads: intra-op threads for ONNX Runtime (default: $EDGE_EMBED_THREADS, else ORT's
+        choice of one per physical core). verify: check every file's sha256 first (sizes are
+        always checked). Any problem with the bundle is a BundleError naming the file.
+        """
+        root = Path(path)
+        manifest = Manifest.read(root)
+        if verify:
+            manifest.verify(root)
+        else:
+            manifest.check_present(root)
+        if threads is None and os.environ.get(THREADS_ENV):
+            try:
+                threads = int(os.environ[THREADS_ENV])
+            except ValueError:
+                raise InputError(f"${THREADS_ENV}: expected an integer, got {os.environ[THREADS_ENV]!r}") from None
+        if threads is not None and (not isinstance(threads, int) or threads < 0):
+            raise InputError(f"threads: expected a non-negative integer, got {threads!r}")
+
+        tok_path = root / manifest.tokenizer_file
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise BundleError(f"{tok_path}: not a readable tokenizers file ({e}); rebuild the bundle") from None
+        tokenizer.no_padding()  # we pad per batch, to the batch's own longest text
+        tokenizer.enable_truncation(manifest.max_length)
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads or 0
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        available = ort.get_available_providers()
+        wanted = list(providers) if providers else ["CPUExecutionProvider"]
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise InputError(f"providers: {missing} not available in this onnxruntime; available: {available}")
+        model_path = root / manifest.model_file
+        try:
+            session = ort.InferenceSession(str(model_path), sess_options=so, providers=wanted)
+        except Exception as e:  # ORT raises its own Fail / InvalidGraph / ... types
+            raise BundleError(f"{model_path}: onnxruntime cannot load it ({e}); rebuild the bundle") from None
+
+        for i in session.get_inputs():
+            if i.name not in _KNOWN_INPUTS:
+                raise BundleError(f"{model_path}: graph input {i.name!r} is not one edge-embed feeds {_KNOWN_INPUTS}")
+            if i.type not in _ORT_INT_TYPES:
+                raise BundleError(f"{model_path}: graph input {i.name!r} has type {i.type}, expected int64 or int32")
+        if "input_ids" not in {i.name for i in session.get_inputs()}:
+            raise BundleError(f"{model_path}: the graph has no 'input_ids' input")
+        emb = cls(root, manifest, session, tokenizer)
+        if emb._output_rank not in (2, 3):
+            raise BundleError(f"{model_path}: output {emb._output!r} has rank {emb._output_rank}, expected 2 or 3")
+        return emb
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.max_length
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return dict(self.manifest.prompts)
+
+    def __repr__(self) -> str:
+        return f"Embedder({str(self.path)!r}, dim={self.dim}, pooling={self.manifest.pooling!r})"
+
+    # ------------------------------------------------------------------ embedding
+    def _prefix(self, prompt: str | None) -> str:
+        if prompt is None:
+            return ""
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt: expected a prompt name (str) or None, got {type(prompt).__name__}")
+        if prompt not in self.manifest.prompts:
+            known = ", ".join(sorted(self.manifest.prompts)) or "none"
+            raise InputError(f"prompt: {prompt!r} is not in this bundle's prompts (known: {known})")
+        return self.manifest.prompts[prompt]
+
+    def encode(self, texts: Sequence[str], prompt: str | None = None) -> list[Encoding]:
+        """Tokenize with the bundle's tokenizer, truncated at max_length."""
+        items = check_texts(texts)
+        prefix = self._prefix(prompt)
+        return self._tok.encode_batch([prefix + t for t in items]) if items else []
+
+    def token_count(self, texts: Sequence[str], prompt: str | None = None) -> list[int]:
+        """Tokens each text needs, special tokens included, before truncation."""
+        items = check_texts(texts)
+        prefix = self._prefix(prompt)
+        if not items:
+            return []
+        return [len(e.ids) for e in self._tok_full.encode_batch([prefix + t for t in items])]
+
+    def embed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32) -> npt.NDArray[np.float32]:
+        """Embed texts: a (len(texts), dim) float32 array, in input order.
+
+        Texts longer than max_length tokens are truncated and a warning names how many;
+        use :meth:`embed_detailed` to get that count (and the tokens used) as data.
+        """
+        res = self.embed_detailed(texts, prompt=prompt, batch_size=batch_size)
+        if res.truncated:
+            log.warning("%d of %d texts were longer than %d tokens and were truncated",
+                        res.truncated, len(res.vectors), self.max_length)
+        return res.vectors
+
+    def embed_detailed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32,
+                       truncate: bool = True) -> EmbedResult:
+        """Like :meth:`embed`, also returning tokens per text and the truncated count.
+
+        truncate=False turns a text over max_length into an InputError instead.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        encs = self.encode(texts, prompt)
+        n = len(encs)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=n)
+        cut = [i for i, e in enumerate(encs) if e.overflowing]
+        if cut and not truncate:
+            raise InputError(
+                f"texts[{cut[0]}]: longer than max_length={self.max_length} tokens "
+                f"({len(cut)} texts are); shorten them or allow truncation"
+            )
+        # longest first: similar lengths share a batch, so little padding is computed
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            out[idx] = self._run([encs[i] for i in idx])
+        return EmbedResult(out, lengths, len(cut))
+
+    def _run(self, batch: list[Encoding]) -> npt.NDArray[np.float32]:
+        width = max(len(e.ids) for e in batch)
+        ids = np.zeros((len(batch), width), dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for row, e in enumerate(batch):
+            k = len(e.ids)
+            ids[row, :k] = e.ids
+            mask[row, :k] = 1
+            types[row, :k] = e.type_ids
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feed = {name: arrays[name].astype(dt, copy=False) for name, dt in self._inputs.items()}
+        hidden = self.session.run([self._output], feed)[0]
+        if self._output_rank == 3:
+            pooled = self._pool(hidden, mask)
+        else:
+            pooled = np.asarray(hidden, dtype=np.float32)
+        if pooled.shape[1] != self.dim:
+            raise BundleError(
+                f"{self.path / self.manifest.model_file}: model returns {pooled.shape[1]}-d vectors, "
+                f"the manifest says dim={self.dim}"
+            )
+        return l2_normalize(pooled) if self.manifest.normalize else pooled
