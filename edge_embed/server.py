@@ -70,6 +70,7 @@ class ServerConfig:
     batch_size: int = 32  # rows per ONNX Runtime run inside a micro-batch
     retry_after: int = 1  # seconds, sent with 503
     graceful_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM
+    warmup: bool = True  # run the largest batch shape once at startup (see Batcher.warm_up)
 
     def check(self) -> None:
         for name in ("max_batch_tokens", "max_inputs", "max_body_bytes", "queue_size", "batch_size"):
@@ -237,6 +238,16 @@ class Batcher:
     @property
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    def warm_up(self) -> None:
+        """Run one full-size batch (batch_size x max_length tokens) before serving.
+
+        ONNX Runtime's CPU arena grows to the largest shape it has seen and keeps it; doing
+        the largest shape first makes the server's memory flat from the first request on
+        instead of creeping up as longer batches happen to arrive.
+        """
+        long_text = "edge " * (2 * self.embedder.max_length)
+        self.embedder.embed_detailed([long_text] * self.config.batch_size, batch_size=self.config.batch_size)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="edge-embed-batcher")
@@ -568,6 +579,8 @@ class _Service:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.batcher = Batcher(self.embedder, self.config, self.metrics)
+        if self.config.warmup:
+            await asyncio.get_running_loop().run_in_executor(self.batcher._executor, self.batcher.warm_up)
         self.batcher.start()
         try:
             yield
