@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import signal
@@ -139,14 +138,15 @@ async def run_load(host: str, port: int, requests: list[list[str]], clients: int
         rss["after_all"] = rss_kib(pid)
     return {
         "requests": done, "texts": texts_done, "seconds": wall, "req_per_s": done / wall,
-        "texts_per_s": texts_done / wall, "p50_ms": 1000 * pct(latencies, 50), "p95_ms": 1000 * pct(latencies, 95),
-        "p99_ms": 1000 * pct(latencies, 99), "errors": sum(errors.values()), "error_kinds": errors, "rss_kib": rss,
+        "texts_per_s": texts_done / wall, "p50_ms": 1000 * pct(latencies, 50),
+        "p95_ms": 1000 * pct(latencies, 95), "p99_ms": 1000 * pct(latencies, 99),
+        "errors": sum(errors.values()), "error_kinds": errors, "rss_kib": rss,
     }
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
-    cmd = [sys.executable, "-m", "edge_embed.server", "-m", str(Path(args.model).resolve()), "--host", "127.0.0.1", "--port", "0",
-           "--log-level", "warning", *args.server_args]
+    cmd = [sys.executable, "-m", "edge_embed.cli", "serve", "-m", str(Path(args.model).resolve()),
+           "--host", "127.0.0.1", "--port", "0", "--log-level", "warning", *args.server_args]
     if args.api_key:
         cmd += ["--api-key", args.api_key]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, cwd=ROOT)
@@ -200,7 +200,8 @@ def main() -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip the direct Embedder.embed comparison")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the direct baseline")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    ap.add_argument("server_args", nargs="*", help="extra flags for the server after --, e.g. -- --max-batch-tokens 4096")
+    ap.add_argument("server_args", nargs="*",
+                    help="extra flags for the server after --, e.g. -- --max-batch-tokens 4096")
     args = ap.parse_args()
     if bool(args.model) == bool(args.url):
         ap.error("pass exactly one of -m BUNDLE or --url URL")

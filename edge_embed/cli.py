@@ -1,7 +1,7 @@
-"""The ``edge-embed`` command line: embed, info, and the build verbs.
+"""The ``edge-embed`` command line: embed, info, serve, and the build verbs.
 
-Build verbs import the ``quantize`` package only when run, so the runtime CLI works on
-a device with the three runtime dependencies. Every EdgeEmbedError becomes one line on
+Build verbs import the ``quantize`` package, and ``serve`` the server, only when run, so
+the runtime CLI works on a device with the three runtime dependencies. Every EdgeEmbedError becomes one line on
 stderr and exit code 1; usage errors exit 2.
 """
 
@@ -212,6 +212,42 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import run_serve
+    except ImportError as e:  # the message names the extra to install
+        raise InputError(f"serve: {e}") from None
+    return run_serve(args)
+
+
+def add_serve_parser(sub: Any) -> None:
+    """``serve``: flags default to EDGE_EMBED_<FLAG> env vars; the server module loads only when run."""
+    env = os.environ.get
+    s = sub.add_parser("serve", help="serve a bundle over HTTP: OpenAI /v1/embeddings, TEI /embed (serve extra)")
+    s.add_argument("-m", "--model", default=env(MODEL_ENV), help=f"bundle directory (${MODEL_ENV})")
+    s.add_argument("--host", default=env("EDGE_EMBED_HOST", "127.0.0.1"), help="address to bind (127.0.0.1)")
+    s.add_argument("--port", type=int, default=env("EDGE_EMBED_PORT", "8080"), help="port, 0 for a free one (8080)")
+    s.add_argument("--api-key", default=env("EDGE_EMBED_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' ($EDGE_EMBED_API_KEY)")
+    s.add_argument("--max-batch-tokens", type=int, default=env("EDGE_EMBED_MAX_BATCH_TOKENS", "8192"),
+                   help="tokens coalesced from concurrent requests into one inference call (8192)")
+    s.add_argument("--max-inputs", type=int, default=env("EDGE_EMBED_MAX_INPUTS", "512"),
+                   help="texts per request (512)")
+    s.add_argument("--max-body-bytes", type=int, default=env("EDGE_EMBED_MAX_BODY_BYTES", str(2 << 20)),
+                   help="request body size (2 MiB)")
+    s.add_argument("--queue-size", type=int, default=env("EDGE_EMBED_QUEUE_SIZE", "2048"),
+                   help="texts waiting for the model before answering 503 (2048)")
+    s.add_argument("--batch-size", type=int, default=env("EDGE_EMBED_BATCH_SIZE", "32"),
+                   help="rows per ONNX Runtime run (32)")
+    s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads ($EDGE_EMBED_THREADS)")
+    s.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the largest batch shape once at startup so memory is flat afterwards (on)")
+    s.add_argument("--log-level", default=env("EDGE_EMBED_LOG_LEVEL", "info"),
+                   choices=("debug", "info", "warning", "error"))
+    s.set_defaults(func=cmd_serve)
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-embed", description="Small, fast, verified sentence embeddings.")
@@ -251,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fp32-out", help="also write the fp32 reference bundle here")
     b.add_argument("--force", action="store_true", help="replace an existing output")
     b.set_defaults(func=cmd_build)
+
+    add_serve_parser(sub)
     return p
 
 

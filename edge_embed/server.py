@@ -22,7 +22,6 @@ import contextlib
 import hmac
 import json
 import logging
-import os
 import socket
 import sys
 import time
@@ -35,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .embedder import Embedder
-from .errors import EdgeEmbedError, InputError
+from .errors import InputError
 from .pooling import l2_normalize
 
 try:
@@ -45,15 +44,12 @@ try:
     from starlette.routing import Route
 except ImportError as e:  # pragma: no cover - exercised by the CLI test without the extra
     raise ImportError(
-        f"edge_embed.server needs the 'serve' extra ({e.name} is missing): pip install 'edge-embed[serve]'"
+        f"the server needs the 'serve' extra ({e.name} is not installed); pip install 'edge-embed[serve]'"
     ) from e
 
-__all__ = ["ServerConfig", "add_serve_parser", "create_app", "run_serve"]
+__all__ = ["ServerConfig", "config_from_args", "create_app", "run_serve"]
 
 log = logging.getLogger("edge_embed.server")
-
-ENV_PREFIX = "EDGE_EMBED_"
-API_KEY_ENV = "EDGE_EMBED_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -131,7 +127,7 @@ class _Histogram:
     def lines(self, name: str, labels: str = "") -> list[str]:
         sep = "," if labels else ""
         out, cum = [], 0
-        for bound, n in zip((*self.buckets, float("inf")), self.counts):
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
             cum += n
             le = "+Inf" if bound == float("inf") else f"{bound:g}"
             out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {cum}')
@@ -184,7 +180,8 @@ class Metrics:
                 out.extend(h.lines("edge_embed_request_duration_seconds", f'route="{route}"'))
         head("edge_embed_texts_total", "counter", "Texts embedded.")
         out.append(f"edge_embed_texts_total {self.texts}")
-        head("edge_embed_tokens_total", "counter", "Tokens fed to the model (after truncation, special tokens included).")
+        head("edge_embed_tokens_total", "counter",
+             "Tokens fed to the model (after truncation, special tokens included).")
         out.append(f"edge_embed_tokens_total {self.tokens}")
         head("edge_embed_truncated_texts_total", "counter", "Texts cut at the bundle's max_length.")
         out.append(f"edge_embed_truncated_texts_total {self.truncated}")
@@ -314,7 +311,7 @@ class Batcher:
             n_texts = sum(len(j.texts) for j in batch)
             self.metrics.batches.observe(n_texts)
             self.metrics.batch_tokens.observe(sum(j.weight for j in batch))
-            for job, res in zip(batch, results):
+            for job, res in zip(batch, results, strict=True):
                 if job.future.done():
                     continue
                 if isinstance(res, BaseException):
@@ -471,7 +468,8 @@ class _Service:
                 i = over[0]
                 key = "inputs" if style == "tei" else "input"
                 raise HTTPError(422, f"{key}[{i}]: {counts[i]} tokens, over max_length={emb.max_length} "
-                                     f"({len(over)} of {len(texts)} texts are); shorten them or allow truncation", param=key)
+                                     f"({len(over)} of {len(texts)} texts are); shorten them or allow truncation",
+                                param=key)
         weight = sum(min(c, emb.max_length) for c in counts)
         if self.batcher is None:
             raise HTTPError(503, "server: not started", kind="server_error")
@@ -612,54 +610,12 @@ def create_app(embedder: Embedder, config: ServerConfig | None = None) -> Starle
 
 
 # ---------------------------------------------------------------------------- running
-def _env(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
-    raw = os.environ.get(ENV_PREFIX + name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise InputError(f"${ENV_PREFIX}{name}: expected {kind.__name__}, got {raw!r}") from None
-
-
-def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``serve`` to the CLI's subparsers; the CLI calls ``run_serve(args)`` for it.
-
-    Defaults come from EDGE_EMBED_* env vars, read only when ``serve`` runs.
-    """
-    d = ServerConfig()
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "serve", help="serve a bundle over HTTP (OpenAI /v1/embeddings, TEI /embed)",
-        description="Serve a bundle over HTTP: OpenAI-compatible POST /v1/embeddings, TEI-style POST /embed, "
-                    "GET /health, /info, /metrics. Every flag defaults to an EDGE_EMBED_<FLAG> env var.")
-    p.add_argument("-m", "--model", default=None, help="bundle directory (env EDGE_EMBED_MODEL)")
-    p.add_argument("--host", default=None, help=f"address to bind (default {d.host}; env EDGE_EMBED_HOST)")
-    p.add_argument("--port", type=int, default=None, help=f"port; 0 picks a free one (default {d.port})")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (env EDGE_EMBED_API_KEY)")
-    p.add_argument("--max-batch-tokens", type=int, default=None,
-                   help=f"tokens coalesced into one inference call (default {d.max_batch_tokens})")
-    p.add_argument("--max-inputs", type=int, default=None, help=f"texts per request (default {d.max_inputs})")
-    p.add_argument("--max-body-bytes", type=int, default=None, help=f"request body size (default {d.max_body_bytes})")
-    p.add_argument("--queue-size", type=int, default=None,
-                   help=f"texts waiting for the model before 503 (default {d.queue_size})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"rows per ONNX Runtime run (default {d.batch_size})")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (env EDGE_EMBED_THREADS)")
-    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
-                   help="server log level (default info)")
-    return p
-
-
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    d = ServerConfig()
-
-    def pick(name: str, kind: Callable[[str], Any] = int) -> Any:
-        value = getattr(args, name, None)
-        return value if value is not None else _env(name.upper(), getattr(d, name), kind)
-
+    """ServerConfig from the parsed ``edge-embed serve`` flags (env var defaults applied by the CLI)."""
     config = ServerConfig(
-        host=pick("host", str), port=pick("port"), api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-        max_batch_tokens=pick("max_batch_tokens"), max_inputs=pick("max_inputs"),
-        max_body_bytes=pick("max_body_bytes"), queue_size=pick("queue_size"), batch_size=pick("batch_size"),
+        host=args.host, port=args.port, api_key=args.api_key or None,
+        max_batch_tokens=args.max_batch_tokens, max_inputs=args.max_inputs, max_body_bytes=args.max_body_bytes,
+        queue_size=args.queue_size, batch_size=args.batch_size, warmup=args.warmup,
     )
     config.check()
     return config
@@ -683,17 +639,18 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     config = config_from_args(args)
-    model = args.model or os.environ.get(ENV_PREFIX + "MODEL")
+    model = args.model
     if not model:
         raise InputError("serve: no bundle; pass -m BUNDLE or set EDGE_EMBED_MODEL")
-    level = args.log_level or _env("LOG_LEVEL", "info")
+    level = args.log_level
     logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
     embedder = Embedder.load(model, threads=args.threads)
     app = create_app(embedder, config)
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"edge-embed: serving {embedder.manifest.name or model} on http://{shown}:{port}", file=sys.stderr, flush=True)
+    name = embedder.manifest.name or model
+    print(f"edge-embed: serving {name} on http://{shown}:{port}", file=sys.stderr, flush=True)
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", config.host)
     server = uvicorn.Server(uvicorn.Config(
@@ -702,21 +659,3 @@ def run_serve(args: argparse.Namespace) -> int:
     ))
     server.run(sockets=[sock])
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m edge_embed.server -m BUNDLE``: the same as ``edge-embed serve``."""
-    parser = argparse.ArgumentParser(prog="python -m edge_embed.server")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_serve_parser(sub)
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run_serve(args)
-    except EdgeEmbedError as e:
-        print(f"edge-embed: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
