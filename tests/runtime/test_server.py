@@ -35,6 +35,8 @@ from edge_embed.cli import build_parser  # noqa: E402
 from edge_embed.server import ServerConfig, config_from_args, create_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+# one pooled client: building an httpx.Client per call (TLS context included) dominates otherwise
+HTTP = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
 
 
 # ------------------------------------------------------------------ helpers
@@ -152,7 +154,7 @@ def test_openai_client_base64_and_float(server: LiveServer, int8: Embedder) -> N
 
 
 def test_base64_is_little_endian_float32(server: LiveServer, int8: Embedder) -> None:
-    r = httpx.post(server.url + "/v1/embeddings", json={"input": "hello", "encoding_format": "base64"})
+    r = HTTP.post(server.url + "/v1/embeddings", json={"input": "hello", "encoding_format": "base64"})
     assert r.status_code == 200
     raw = base64.b64decode(r.json()["data"][0]["embedding"])
     assert len(raw) == 4 * int8.dim
@@ -161,7 +163,7 @@ def test_base64_is_little_endian_float32(server: LiveServer, int8: Embedder) -> 
 
 def test_long_text_is_truncated_by_default(server: LiveServer, int8: Embedder) -> None:
     long = "word " * (3 * int8.max_length)
-    r = httpx.post(server.url + "/v1/embeddings", json={"input": [long]})
+    r = HTTP.post(server.url + "/v1/embeddings", json={"input": [long]})
     assert r.status_code == 200
     assert r.json()["usage"]["prompt_tokens"] == int8.max_length
     np.testing.assert_allclose(r.json()["data"][0]["embedding"], int8.embed([long])[0], atol=1e-6)
@@ -170,10 +172,10 @@ def test_long_text_is_truncated_by_default(server: LiveServer, int8: Embedder) -
 # ------------------------------------------------------------------ TEI API
 def test_tei_embed(server: LiveServer, int8: Embedder) -> None:
     texts = ["what is onnx?", "ONNX is an open format for machine learning models"]
-    r = httpx.post(server.url + "/embed", json={"inputs": texts})
+    r = HTTP.post(server.url + "/embed", json={"inputs": texts})
     assert r.status_code == 200
     np.testing.assert_allclose(np.array(r.json()), int8.embed(texts), atol=1e-6)
-    single = httpx.post(server.url + "/embed", json={"inputs": texts[0], "normalize": True, "truncate": True})
+    single = HTTP.post(server.url + "/embed", json={"inputs": texts[0], "normalize": True, "truncate": True})
     assert single.status_code == 200 and len(single.json()) == 1 and len(single.json()[0]) == int8.dim
 
 
@@ -181,17 +183,17 @@ def test_tei_prompt_name(server: LiveServer, int8: Embedder) -> None:
     prompts = int8.manifest.prompts
     if prompts:
         name = sorted(prompts)[0]
-        r = httpx.post(server.url + "/embed", json={"inputs": ["a query"], "prompt_name": name})
+        r = HTTP.post(server.url + "/embed", json={"inputs": ["a query"], "prompt_name": name})
         assert r.status_code == 200
         np.testing.assert_allclose(np.array(r.json()), int8.embed(["a query"], prompt=name), atol=1e-6)
-    r = httpx.post(server.url + "/embed", json={"inputs": ["a query"], "prompt_name": "no-such-prompt"})
+    r = HTTP.post(server.url + "/embed", json={"inputs": ["a query"], "prompt_name": "no-such-prompt"})
     assert r.status_code == 422
     assert "no-such-prompt" in r.json()["error"] and r.json()["error_type"] == "Validation"
 
 
 def test_tei_normalize_false_is_refused_honestly(server: LiveServer, int8: Embedder) -> None:
     assert int8.manifest.normalize  # the MiniLM bundle normalizes inside the pipeline
-    r = httpx.post(server.url + "/embed", json={"inputs": ["x"], "normalize": False})
+    r = HTTP.post(server.url + "/embed", json={"inputs": ["x"], "normalize": False})
     assert r.status_code == 422 and "normalize" in r.json()["error"]
 
 
@@ -225,7 +227,7 @@ BIG = 70 * 1024  # over LIMITS.max_body_bytes
     ("/embed", b'{"inputs": "ok", "truncation_direction": "left"}', 422, "truncation_direction"),
 ])
 def test_error_answers(server: LiveServer, path: str, body: bytes, status: int, fragment: str) -> None:
-    r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"})
+    r = HTTP.post(server.url + path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     data = r.json()
     message = data["error"]["message"] if path.startswith("/v1") else data["error"]
@@ -242,14 +244,14 @@ def test_body_limit_without_content_length(server: LiveServer) -> None:
             yield b"x" * 1024
         yield b'"}'
 
-    r = httpx.post(server.url + "/v1/embeddings", content=chunks())  # chunked transfer encoding
+    r = HTTP.post(server.url + "/v1/embeddings", content=chunks())  # chunked transfer encoding
     assert r.status_code == 413 and "--max-body-bytes" in r.json()["error"]["message"]
 
 
 def test_unknown_route_and_method_are_json(server: LiveServer) -> None:
-    r = httpx.get(server.url + "/v2/nothing")
+    r = HTTP.get(server.url + "/v2/nothing")
     assert r.status_code == 404 and "no such route" in r.json()["error"]
-    r = httpx.get(server.url + "/embed")
+    r = HTTP.get(server.url + "/embed")
     assert r.status_code == 405 and "not allowed" in r.json()["error"]
 
 
@@ -265,14 +267,14 @@ def test_queue_full_is_503_with_retry_after(int8: Embedder) -> None:
     s = LiveServer(gated, ServerConfig(queue_size=4, warmup=False))
     try:
         with ThreadPoolExecutor(4) as pool:
-            first = pool.submit(httpx.post, s.url + "/embed", json={"inputs": ["in flight"]}, timeout=60)
+            first = pool.submit(HTTP.post, s.url + "/embed", json={"inputs": ["in flight"]}, timeout=60)
             wait_for(lambda: gated.calls == [1])  # the worker holds it: out of the queue
-            queued = pool.submit(httpx.post, s.url + "/embed", json={"inputs": ["a", "b", "c"]}, timeout=60)
+            queued = pool.submit(HTTP.post, s.url + "/embed", json={"inputs": ["a", "b", "c"]}, timeout=60)
             wait_for(lambda: s.batcher.queued_texts == 3)
-            r = httpx.post(s.url + "/embed", json={"inputs": ["d", "e"]})  # 3 + 2 > 4
+            r = HTTP.post(s.url + "/embed", json={"inputs": ["d", "e"]})  # 3 + 2 > 4
             assert r.status_code == 503
             assert r.headers["retry-after"] == "1" and "queue full" in r.json()["error"]
-            r = httpx.post(s.url + "/v1/embeddings", json={"input": ["d", "e"]})
+            r = HTTP.post(s.url + "/v1/embeddings", json={"input": ["d", "e"]})
             assert r.status_code == 503 and "queue full" in r.json()["error"]["message"]
             gated.gate.set()
             assert first.result().status_code == 200
@@ -291,9 +293,9 @@ def test_queued_requests_coalesce_into_one_batch_with_their_own_vectors(fp32: Em
     requests = distinct_texts(24, seed=1)
     try:
         with ThreadPoolExecutor(41) as pool:
-            first = pool.submit(httpx.post, s.url + "/embed", json={"inputs": ["hold"]}, timeout=60)
+            first = pool.submit(HTTP.post, s.url + "/embed", json={"inputs": ["hold"]}, timeout=60)
             wait_for(lambda: gated.calls == [1])
-            futs = [pool.submit(httpx.post, s.url + "/v1/embeddings", json={"input": r, "encoding_format": "float"},
+            futs = [pool.submit(HTTP.post, s.url + "/v1/embeddings", json={"input": r, "encoding_format": "float"},
                                 timeout=60) for r in requests]
             wait_for(lambda: len(s.batcher.jobs) == len(requests))
             gated.gate.set()
@@ -348,15 +350,15 @@ def test_concurrent_requests_get_their_own_vectors_int8(server: LiveServer, int8
 
 # ------------------------------------------------------------------ health, info, metrics
 def test_health_info_metrics(server: LiveServer, int8: Embedder) -> None:
-    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
-    info = httpx.get(server.url + "/info").json()
+    assert HTTP.get(server.url + "/health").json() == {"status": "ok"}
+    info = HTTP.get(server.url + "/info").json()
     assert info["dim"] == int8.dim and info["max_length"] == int8.max_length
     assert info["pooling"] == int8.manifest.pooling and info["versions"]["onnxruntime"]
     assert info["limits"]["max_inputs"] == 16 and "api_key" not in info["limits"]
 
-    httpx.post(server.url + "/embed", json={"inputs": ["count me", "and me"]})
-    httpx.post(server.url + "/embed", json={"inputs": []})
-    r = httpx.get(server.url + "/metrics")
+    HTTP.post(server.url + "/embed", json={"inputs": ["count me", "and me"]})
+    HTTP.post(server.url + "/embed", json={"inputs": []})
+    r = HTTP.get(server.url + "/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
     for name in ("edge_embed_requests_total", "edge_embed_request_errors_total", "edge_embed_texts_total",
@@ -376,22 +378,23 @@ def test_api_key(int8: Embedder) -> None:
     s = LiveServer(int8, ServerConfig(api_key="s3cret-key", warmup=False))
     try:
         body = {"input": "hi"}
-        r = httpx.post(s.url + "/v1/embeddings", json=body)
+        r = HTTP.post(s.url + "/v1/embeddings", json=body)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert "API key" in r.json()["error"]["message"]
-        assert httpx.post(s.url + "/v1/embeddings", json=body,
+        assert HTTP.post(s.url + "/v1/embeddings", json=body,
                           headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert httpx.post(s.url + "/v1/embeddings", json=body,
+        assert HTTP.post(s.url + "/v1/embeddings", json=body,
                           headers={"Authorization": "Basic s3cret-key"}).status_code == 401
-        assert httpx.post(s.url + "/v1/embeddings", json=body,
+        assert HTTP.post(s.url + "/v1/embeddings", json=body,
                           headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
-        assert httpx.get(s.url + "/metrics").status_code == 401
-        assert httpx.get(s.url + "/health").status_code == 200  # probes need no key
+        assert HTTP.get(s.url + "/metrics").status_code == 401
+        assert HTTP.get(s.url + "/health").status_code == 200  # probes need no key
         openai = pytest.importorskip("openai", reason="the official openai client is not installed")
         ok = openai.OpenAI(base_url=s.url + "/v1", api_key="s3cret-key", max_retries=0)
         assert len(ok.embeddings.create(model="m", input="hi").data) == 1
         with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=s.url + "/v1", api_key="nope", max_retries=0).embeddings.create(model="m", input="hi")
+            bad = openai.OpenAI(base_url=s.url + "/v1", api_key="nope", max_retries=0)
+            bad.embeddings.create(model="m", input="hi")
     finally:
         s.close()
 
@@ -428,11 +431,11 @@ def test_sigterm_finishes_the_in_flight_request(minilm_int8: Path) -> None:
         m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         assert m, line
         url = f"http://127.0.0.1:{m.group(1)}"
-        wait_for(lambda: httpx.get(url + "/health").status_code == 200)
+        wait_for(lambda: HTTP.get(url + "/health").status_code == 200)
         texts = [f"text {i} " + "long words make slow batches " * 50 for i in range(48)]
         with ThreadPoolExecutor(1) as pool:
-            fut = pool.submit(httpx.post, url + "/embed", json={"inputs": texts}, timeout=120)
-            wait_for(lambda: "edge_embed_inflight_requests 2" in httpx.get(url + "/metrics").text)
+            fut = pool.submit(HTTP.post, url + "/embed", json={"inputs": texts}, timeout=120)
+            wait_for(lambda: "edge_embed_inflight_requests 2" in HTTP.get(url + "/metrics").text)
             proc.send_signal(signal.SIGTERM)
             r = fut.result()
         assert r.status_code == 200 and len(r.json()) == len(texts)
