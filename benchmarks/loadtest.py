@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import signal
@@ -65,6 +66,12 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/{pid}/status: no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -131,9 +138,11 @@ async def run_load(host: str, port: int, requests: list[list[str]], clients: int
         finally:
             writer.close()
 
+    cpu0 = cpu_seconds(pid) if pid is not None else 0.0
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - t0
+    cpu = cpu_seconds(pid) - cpu0 if pid is not None else float("nan")
     if pid is not None:
         rss["after_all"] = rss_kib(pid)
     return {
@@ -141,6 +150,7 @@ async def run_load(host: str, port: int, requests: list[list[str]], clients: int
         "texts_per_s": texts_done / wall, "p50_ms": 1000 * pct(latencies, 50),
         "p95_ms": 1000 * pct(latencies, 95), "p99_ms": 1000 * pct(latencies, 99),
         "errors": sum(errors.values()), "error_kinds": errors, "rss_kib": rss,
+        "server_cpu_s": cpu, "texts_per_cpu_s": texts_done / cpu if cpu else float("nan"),
     }
 
 
@@ -172,15 +182,18 @@ def baseline(model: str, requests: list[list[str]], threads: int | None) -> dict
     emb = Embedder.load(model, threads=threads)
     emb.embed(requests[0])  # warm-up
     n = sum(len(r) for r in requests)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for r in requests:
         emb.embed(r)
     per_request = n / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
+    per_request_cpu = n / (time.process_time() - c0)
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(requests), 64):
         emb.embed([t for r in requests[i:i + 64] for t in r])
     coalesced = n / (time.perf_counter() - t0)
-    return {"per_request_texts_per_s": per_request, "coalesced64_texts_per_s": coalesced}
+    coalesced_cpu = n / (time.process_time() - c0)
+    return {"per_request_texts_per_s": per_request, "coalesced64_texts_per_s": coalesced,
+            "per_request_texts_per_cpu_s": per_request_cpu, "coalesced64_texts_per_cpu_s": coalesced_cpu}
 
 
 def main() -> int:
@@ -241,7 +254,7 @@ def main() -> int:
 
 def median_report(results: list[dict]) -> dict:
     med = {k: statistics.median(r[k] for r in results)
-           for k in ("req_per_s", "texts_per_s", "p50_ms", "p95_ms", "p99_ms", "seconds")}
+           for k in ("req_per_s", "texts_per_s", "p50_ms", "p95_ms", "p99_ms", "seconds", "texts_per_cpu_s")}
     med.update(runs=len(results), requests=results[0]["requests"], clients=None,
                errors=sum(r["errors"] for r in results),
                error_kinds=[r["error_kinds"] for r in results],
@@ -260,12 +273,16 @@ def summary(r: dict) -> str:
         if "after_first" in one and "after_all" in one:
             growth = 100 * (one["after_all"] - one["after_first"]) / one["after_first"]
             out += f"; RSS {one['after_first'] / 1024:.0f} -> {one['after_all'] / 1024:.0f} MiB ({growth:+.1f}%)"
+    out += f"; server {r['texts_per_cpu_s']:.0f} texts per CPU-second"
     if "baseline" in r:
         b = r["baseline"]
-        out += (f"; direct Embedder.embed: {b['per_request_texts_per_s']:.0f} texts/s per request list, "
+        out += (f"\n  direct Embedder.embed: {b['per_request_texts_per_s']:.0f} texts/s per request list, "
                 f"{b['coalesced64_texts_per_s']:.0f} texts/s 64 lists at a time "
-                f"(server = {100 * r['texts_per_s'] / b['per_request_texts_per_s']:.0f}% / "
-                f"{100 * r['texts_per_s'] / b['coalesced64_texts_per_s']:.0f}%)")
+                f"(server wall throughput = {100 * r['texts_per_s'] / b['per_request_texts_per_s']:.0f}% / "
+                f"{100 * r['texts_per_s'] / b['coalesced64_texts_per_s']:.0f}% of these)"
+                f"\n  per CPU-second: {b['per_request_texts_per_cpu_s']:.0f} / {b['coalesced64_texts_per_cpu_s']:.0f} "
+                f"texts (server = {100 * r['texts_per_cpu_s'] / b['per_request_texts_per_cpu_s']:.0f}% / "
+                f"{100 * r['texts_per_cpu_s'] / b['coalesced64_texts_per_cpu_s']:.0f}%)")
     return out
 
 

@@ -400,7 +400,8 @@ def _texts(value: Any, key: str, max_inputs: int) -> list[str]:
         isinstance(x, list) for x in items
     ):
         raise HTTPError(400, f"{key}: token-id arrays are not supported (they are another model's token ids); "
-                             "send text", param=key)
+                             "send text (LangChain's OpenAIEmbeddings: set check_embedding_ctx_length=False)",
+                        param=key)
     for i, t in enumerate(items):
         if not isinstance(t, str):
             raise HTTPError(422, f"{key}[{i}]: expected a string, got {type(t).__name__}", param=key)
