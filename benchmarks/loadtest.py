@@ -243,6 +243,8 @@ def main() -> int:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
+        if not args.json:
+            print(f"run {run + 1} (server): " + summary(res), file=sys.stderr, flush=True)
         if args.model and not args.no_baseline:
             res["baseline"] = baseline(args.model, requests[:args.baseline_requests], args.threads)
         results.append(res)

@@ -409,6 +409,12 @@ def test_serve_flags_default_to_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (cfg.host, cfg.port, cfg.api_key, cfg.max_inputs, cfg.queue_size) == ("127.0.0.1", 9123, "k", 7, 10)
 
 
+def test_cli_does_not_import_the_server_stack() -> None:
+    code = "import sys, edge_embed.cli; print(sorted({'starlette', 'uvicorn'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
 def test_serve_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from edge_embed.cli import main
 
@@ -445,3 +451,15 @@ def test_sigterm_finishes_the_in_flight_request(minilm_int8: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_load_test_script_runs(minilm_int8: Path) -> None:
+    """The kept load test works end to end (tiny and bounded; its figures are not checked)."""
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "loadtest.py"), "-m", str(minilm_int8),
+                        "--clients", "4", "--requests", "40", "--checkpoint", "10", "--no-baseline", "--json",
+                        "--max-seconds", "60", "--", "--no-warmup"],
+                       cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    assert report["errors"] == 0 and report["requests"] == 40
+    assert set(report["rss_kib"][0]) == {"after_first", "after_all"}
