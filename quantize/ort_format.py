@@ -41,8 +41,8 @@ def convert_bundle(bundle_dir: str | Path, probes: list[str] | None = None) -> d
 
     root = Path(bundle_dir)
     if not root.is_dir():
-        raise BuildError(f"{root}: convert works on a bundle directory; unpack nothing, point it at the "
-                         "directory the build wrote")
+        raise BuildError(f"{root}: convert works on a bundle directory (the one the build wrote); "
+                         "convert first, then pack")
     manifest = Manifest.read(root)
     manifest.verify(root)
     with tempfile.TemporaryDirectory(prefix=".ort-convert-", dir=root.parent) as tmp:
