@@ -277,6 +277,8 @@ def add_serve_parser(sub: Any) -> None:
     s.add_argument("--batch-size", type=int, default=env("EDGE_EMBED_BATCH_SIZE", "32"),
                    help="rows per ONNX Runtime run (32)")
     s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads ($EDGE_EMBED_THREADS)")
+    s.add_argument("--model-format", choices=MODEL_FORMATS, default="onnx",
+                   help="onnx, or ort for the bundle's ORT-format model (edge-embed convert)")
     s.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="run the largest batch shape once at startup so memory is flat afterwards (on)")
     s.add_argument("--log-level", default=env("EDGE_EMBED_LOG_LEVEL", "info"),

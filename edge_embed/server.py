@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -418,7 +419,7 @@ class _Service:
         self.config = config
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
-        self.model_name = embedder.manifest.name or embedder.path.name
+        self.model_name = embedder.manifest.name or Path(str(embedder.path)).name
         self._key = config.api_key.encode("utf-8") if config.api_key else None
 
     # ---- plumbing shared by every route
@@ -645,7 +646,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError("serve: no bundle; pass -m BUNDLE or set EDGE_EMBED_MODEL")
     level = args.log_level
     logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    embedder = Embedder.load(model, threads=args.threads)
+    embedder = Embedder.load(model, threads=args.threads, model_format=args.model_format)
     app = create_app(embedder, config)
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
