@@ -221,6 +221,8 @@ def main() -> int:
     if bool(args.model) == bool(args.url):
         ap.error("pass exactly one of -m BUNDLE or --url URL")
     args.requests = min(args.requests, 100_000)
+    # a SIGTERM to the load test stops its server too (the finally below runs)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     texts = load_texts(args.texts)
     results = []

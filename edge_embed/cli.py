@@ -276,6 +276,8 @@ def add_serve_parser(sub: Any) -> None:
                    help="texts waiting for the model before answering 503 (2048)")
     s.add_argument("--batch-size", type=int, default=env("EDGE_EMBED_BATCH_SIZE", "32"),
                    help="rows per ONNX Runtime run (32)")
+    s.add_argument("--batch-wait-ms", type=float, default=env("EDGE_EMBED_BATCH_WAIT_MS", "2"),
+                   help="under steady load, wait up to this long for the next micro-batch to fill (2; 0 = off)")
     s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads ($EDGE_EMBED_THREADS)")
     s.add_argument("--model-format", choices=MODEL_FORMATS, default="onnx",
                    help="onnx, or ort for the bundle's ORT-format model (edge-embed convert)")

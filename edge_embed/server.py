@@ -68,12 +68,15 @@ class ServerConfig:
     retry_after: int = 1  # seconds, sent with 503
     graceful_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM
     warmup: bool = True  # run the largest batch shape once at startup (see Batcher.warm_up)
+    batch_wait_ms: float = 2.0  # see Batcher._gather; 0 turns it off
 
     def check(self) -> None:
         for name in ("max_batch_tokens", "max_inputs", "max_body_bytes", "queue_size", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise InputError(f"--batch-wait-ms: expected 0-1000, got {self.batch_wait_ms!r}")
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port: expected 0-65535, got {self.port!r}")
         if self.api_key is not None and not self.api_key:
@@ -232,6 +235,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-embed-infer")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_texts = 0
 
     @property
     def alive(self) -> bool:
@@ -274,6 +278,26 @@ class Batcher:
         self._wake.set()
         return await fut
 
+    async def _gather(self) -> None:
+        """Under steady load, give the clients just answered a moment to send their next request.
+
+        Without it the worker, free again, takes only the first few requests to arrive and
+        alternates big and small micro-batches. It waits (at most ``batch_wait_ms``) only while
+        fewer texts are queued than the previous micro-batch held, so a lone request never waits.
+        """
+        wait = self.config.batch_wait_ms / 1000
+        if wait <= 0 or self._closing or self.queued_texts >= self._last_texts:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.queued_texts < self._last_texts and not self._closing:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+
     def _take(self) -> list[_Job]:
         batch: list[_Job] = []
         budget = self.config.max_batch_tokens
@@ -299,9 +323,11 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            await self._gather()
             batch = self._take()
             if not batch:
                 continue
+            self._last_texts = sum(len(j.texts) for j in batch)
             t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._infer, batch)
@@ -618,6 +644,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host, port=args.port, api_key=args.api_key or None,
         max_batch_tokens=args.max_batch_tokens, max_inputs=args.max_inputs, max_body_bytes=args.max_body_bytes,
         queue_size=args.queue_size, batch_size=args.batch_size, warmup=args.warmup,
+        batch_wait_ms=args.batch_wait_ms,
     )
     config.check()
     return config
