@@ -4,7 +4,9 @@ Optional: needs the ``serve`` extra (starlette + uvicorn); the CLI imports this 
 only for ``edge-embed serve``. Texts from concurrent requests are coalesced by one
 background worker into a single ``Embedder.embed_detailed`` call per micro-batch (up to a
 token budget), run in one worker thread so the event loop keeps accepting requests; each
-request gets exactly its own vectors back, in order.
+request gets exactly its own vectors back, in order. There is no fixed batching delay: a
+lone request runs at once, and only under steady load does the worker wait a moment
+(``batch_wait_ms``) for the clients it just answered to send their next request.
 
 Deliberately does not: load more than one bundle, reduce dimensions (``dimensions`` must
 equal the bundle's dim), accept token-id arrays (they are another model's token ids), or
@@ -19,6 +21,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -55,7 +58,7 @@ log = logging.getLogger("edge_embed.server")
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Limits and knobs of one server. Every field has an ``--kebab-case`` flag and env var."""
+    """Limits and knobs of one server; the CLI's ``serve`` flags (and EDGE_EMBED_* env vars) set them."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -446,7 +449,8 @@ class _Service:
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
         self.model_name = embedder.manifest.name or Path(str(embedder.path)).name
-        self._key = config.api_key.encode("utf-8") if config.api_key else None
+        # digests, so the comparison takes the same time whatever the length of the guess
+        self._key = hashlib.sha256(config.api_key.encode("utf-8")).digest() if config.api_key else None
 
     # ---- plumbing shared by every route
     def _authorized(self, request: Request) -> bool:
@@ -455,7 +459,7 @@ class _Service:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         # compare even on a wrong scheme, so timing does not tell the two failures apart
-        ok = hmac.compare_digest(token.strip().encode("utf-8"), self._key)
+        ok = hmac.compare_digest(hashlib.sha256(token.strip().encode("utf-8")).digest(), self._key)
         return ok and scheme.lower() == "bearer"
 
     def route(self, path: str, style: str, handler: Callable[[Request], Awaitable[Response]],
