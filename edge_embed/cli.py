@@ -268,12 +268,12 @@ def add_serve_parser(sub: Any) -> None:
                    help="require 'Authorization: Bearer KEY' ($EDGE_EMBED_API_KEY)")
     s.add_argument("--max-batch-tokens", type=int, default=env("EDGE_EMBED_MAX_BATCH_TOKENS", "8192"),
                    help="tokens coalesced from concurrent requests into one inference call (8192)")
-    s.add_argument("--max-inputs", type=int, default=env("EDGE_EMBED_MAX_INPUTS", "512"),
-                   help="texts per request (512)")
-    s.add_argument("--max-body-bytes", type=int, default=env("EDGE_EMBED_MAX_BODY_BYTES", str(2 << 20)),
-                   help="request body size (2 MiB)")
-    s.add_argument("--queue-size", type=int, default=env("EDGE_EMBED_QUEUE_SIZE", "2048"),
-                   help="texts waiting for the model before answering 503 (2048)")
+    s.add_argument("--max-inputs", type=int, default=env("EDGE_EMBED_MAX_INPUTS", "2048"),
+                   help="texts per request (2048)")
+    s.add_argument("--max-body-bytes", type=int, default=env("EDGE_EMBED_MAX_BODY_BYTES", str(8 << 20)),
+                   help="request body size (8 MiB)")
+    s.add_argument("--queue-size", type=int, default=env("EDGE_EMBED_QUEUE_SIZE", "8192"),
+                   help="texts waiting for the model before answering 503 (8192)")
     s.add_argument("--batch-size", type=int, default=env("EDGE_EMBED_BATCH_SIZE", "32"),
                    help="rows per ONNX Runtime run (32)")
     s.add_argument("--batch-wait-ms", type=float, default=env("EDGE_EMBED_BATCH_WAIT_MS", "2"),

@@ -64,9 +64,9 @@ class ServerConfig:
     port: int = 8080
     api_key: str | None = None
     max_batch_tokens: int = 8192  # tokens coalesced into one inference call (a request is never split)
-    max_inputs: int = 512  # texts per request
-    max_body_bytes: int = 2 * 1024 * 1024
-    queue_size: int = 2048  # texts waiting for the model; beyond it: 503 + Retry-After
+    max_inputs: int = 2048  # texts per request: OpenAI's own limit (LangChain sends up to 1000)
+    max_body_bytes: int = 8 * 1024 * 1024
+    queue_size: int = 8192  # texts waiting for the model; beyond it: 503 + Retry-After
     batch_size: int = 32  # rows per ONNX Runtime run inside a micro-batch
     retry_after: int = 1  # seconds, sent with 503
     graceful_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM
