@@ -22,6 +22,7 @@ from tokenizers import Encoding, Tokenizer
 from .errors import BundleError, InputError
 from .manifest import Manifest
 from .pooling import POOLERS, l2_normalize
+from .selfcheck import self_check as run_self_check
 
 __all__ = ["EmbedResult", "Embedder"]
 
@@ -79,13 +80,19 @@ class Embedder:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | os.PathLike[str], threads: int | None = None, *,
-             verify: bool = False, providers: Sequence[str] | None = None) -> Embedder:
+             verify: bool = False, providers: Sequence[str] | None = None,
+             self_check: bool | str = False) -> Embedder:
         """Load a bundle directory.
 
         threads: intra-op threads for ONNX Runtime (default: $EDGE_EMBED_THREADS, else ORT's
         choice of one per physical core). verify: check every file's sha256 first (sizes are
         always checked). Any problem with the bundle is a BundleError naming the file.
+        self_check: embed the bundle's stored probe texts and compare with their fp32
+        reference vectors; True raises SelfCheckError below the manifest's threshold,
+        "warn" issues a SelfCheckWarning instead (see edge_embed.selfcheck).
         """
+        if self_check not in (False, True, "warn"):
+            raise InputError(f"self_check: expected True, False or 'warn', got {self_check!r}")
         root = Path(path)
         manifest = Manifest.read(root)
         if verify:
@@ -135,6 +142,8 @@ class Embedder:
         emb = cls(root, manifest, session, tokenizer)
         if emb._output_rank not in (2, 3):
             raise BundleError(f"{model_path}: output {emb._output!r} has rank {emb._output_rank}, expected 2 or 3")
+        if self_check:
+            run_self_check(emb, on_fail="warn" if self_check == "warn" else "raise")
         return emb
 
     # ------------------------------------------------------------------ properties
