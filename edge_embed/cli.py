@@ -1,0 +1,274 @@
+"""The ``edge-embed`` command line: embed, info, and the build verbs.
+
+Build verbs import the ``quantize`` package only when run, so the runtime CLI works on
+a device with the three runtime dependencies. Every EdgeEmbedError becomes one line on
+stderr and exit code 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any
+
+import numpy as np
+
+from . import __version__
+from .embedder import Embedder
+from .errors import EdgeEmbedError, InputError
+from .manifest import Manifest
+
+__all__ = ["main"]
+
+MODEL_ENV = "EDGE_EMBED_MODEL"
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"edge-embed: error: {msg}\n")
+
+
+# ---------------------------------------------------------------------- embed
+def _read_lines(path: str) -> Iterator[str]:
+    stream: IO[str]
+    if path == "-":
+        stream = sys.stdin
+    else:
+        try:
+            stream = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise InputError(f"{path}: cannot open input ({e.strerror})") from None
+    try:
+        for n, line in enumerate(stream, 1):
+            yield line.rstrip("\r\n")
+            if n % 100_000 == 0:
+                pass
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+class Progress:
+    """A one-line progress counter on stderr, only when stderr is a terminal or forced."""
+
+    def __init__(self, label: str, total: int | None, enabled: bool) -> None:
+        self.label, self.total, self.enabled = label, total, enabled
+        self.done, self.t0 = 0, time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        sys.stderr.write(f"\r{self.label}: {self.done}{of} texts, {rate:.0f} texts/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            sys.stderr.write("\n")
+
+
+def _count_lines(path: str) -> int | None:
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb") as f:
+            return sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return None
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    if not args.model:
+        raise InputError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
+    if args.texts and args.input:
+        raise InputError("give texts as arguments or with -i FILE, not both")
+    if not args.texts and not args.input:
+        raise InputError("nothing to embed: give TEXT arguments, or -i FILE (- for stdin)")
+    emb = Embedder.load(args.model, threads=args.threads)
+    fmt = args.format
+    if fmt == "npy" and not args.output and sys.stdout.isatty():
+        raise InputError("-f npy writes binary; give -o OUT.npy or redirect stdout")
+
+    chunks: Iterator[list[str]]
+    if args.texts:
+        chunks = iter([list(args.texts)])
+        total: int | None = len(args.texts)
+    else:
+        total = _count_lines(args.input)
+        chunks = _chunked(_read_lines(args.input), args.chunk_size)
+    show = args.progress if args.progress is not None else (bool(args.input) and sys.stderr.isatty())
+    progress = Progress("embedding", total, show)
+
+    vectors: list[np.ndarray] = []
+    truncated = index = 0
+    out_text: IO[str] | None = None
+    if fmt == "jsonl":
+        out_text = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        for chunk in chunks:
+            res = emb.embed_detailed(chunk, prompt=args.prompt, batch_size=args.batch_size)
+            truncated += res.truncated
+            if out_text is not None:
+                for row in res.vectors:
+                    out_text.write(json.dumps({"index": index, "embedding": row.tolist()}) + "\n")
+                    index += 1
+            else:
+                vectors.append(res.vectors)
+            progress.update(len(chunk))
+    finally:
+        progress.close()
+        if out_text is not None and out_text is not sys.stdout:
+            out_text.close()
+    if fmt == "npy":
+        arr = np.concatenate(vectors) if vectors else np.zeros((0, emb.dim), np.float32)
+        if args.output:
+            np.save(args.output, arr)
+        else:
+            np.save(sys.stdout.buffer, arr)
+    if truncated:
+        sys.stderr.write(f"edge-embed: {truncated} text(s) longer than {emb.max_length} tokens were truncated\n")
+    return 0
+
+
+def _chunked(lines: Iterator[str], size: int) -> Iterator[list[str]]:
+    buf: list[str] = []
+    for line in lines:
+        buf.append(line)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+# ---------------------------------------------------------------------- info
+def cmd_info(args: argparse.Namespace) -> int:
+    m = Manifest.read(args.bundle)
+    if args.verify:
+        m.verify(args.bundle)
+    else:
+        m.check_present(args.bundle)
+    if args.json:
+        print(json.dumps(m.to_dict(), indent=2))
+    else:
+        _print_info(m, args.bundle)
+    if args.verify:
+        print(f"verified: {len(m.files)} files match their sha256")
+    return 0
+
+
+def _print_info(m: Manifest, path: str) -> None:
+    q, v = m.quantization, m.validation
+    size = sum(f.bytes for f in m.files.values())
+    rows: list[tuple[str, Any]] = [
+        ("bundle", path), ("format", m.format), ("source", m.source.get("model_id", "?")),
+        ("revision", m.source.get("revision") or "-"), ("dim", m.dim), ("max_length", m.max_length),
+        ("pooling", m.pooling), ("normalize", m.normalize),
+        ("prompts", ", ".join(f"{k}={p!r}" for k, p in m.prompts.items()) or "-"),
+        ("quantization", q.get("method", "?")), ("size", f"{size / 1e6:.1f} MB in {len(m.files)} files"),
+    ]
+    if v:
+        figs = ", ".join(f"{k}={v[k]:.4f}" for k in ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap")
+                         if isinstance(v.get(k), float))
+        rows.append(("fidelity", f"{figs} ({'passed' if v.get('passed') else 'FAILED'})"))
+    rows.append(("built with", ", ".join(f"{k} {val}" for k, val in m.built_with.items())))
+    width = max(len(k) for k, _ in rows)
+    for k, val in rows:
+        print(f"{k:<{width}}  {val}")
+
+
+# ---------------------------------------------------------------------- build
+def cmd_build(args: argparse.Namespace) -> int:
+    try:
+        from quantize.bundle import build
+    except ImportError as e:
+        raise InputError(f"build: {e}") from None
+    thresholds = {}
+    for item in args.threshold or []:
+        key, sep, value = item.partition("=")
+        try:
+            thresholds[key.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"--threshold: expected KEY=NUMBER, got {item!r}") from None
+        if not sep:
+            raise InputError(f"--threshold: expected KEY=NUMBER, got {item!r}")
+    report = build(args.source, args.output, method=args.method, revision=args.revision, pooling=args.pooling,
+                   max_length=args.max_length, thresholds=thresholds, force=args.force, fp32_out=args.fp32_out)
+    if report:
+        keys = ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap")
+        print(f"{'figure':<14} {'measured':>9} {'threshold':>9}")
+        for k in keys:
+            if k in report:
+                print(f"{k:<14} {report[k]:>9.4f} {report['thresholds'].get(k, float('nan')):>9.4f}")
+    print(args.output)
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-embed", description="Small, fast, verified sentence embeddings.")
+    p.add_argument("--version", action="version", version=f"edge-embed {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    e = sub.add_parser("embed", help="embed texts with a bundle (JSON lines or .npy)")
+    e.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
+    e.add_argument("-m", "--model", default=os.environ.get(MODEL_ENV), help=f"bundle directory (${MODEL_ENV})")
+    e.add_argument("-i", "--input", help="file with one text per line, - for stdin")
+    e.add_argument("-f", "--format", choices=("jsonl", "npy"), default="jsonl")
+    e.add_argument("-o", "--output", help="output file (default stdout)")
+    e.add_argument("--prompt", help="prompt name from the bundle's manifest, e.g. query")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--chunk-size", type=int, default=1024, help=argparse.SUPPRESS)
+    e.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr (default: when reading a file on a terminal)")
+    e.set_defaults(func=cmd_embed)
+
+    i = sub.add_parser("info", help="show a bundle's manifest")
+    i.add_argument("bundle")
+    i.add_argument("--verify", action="store_true", help="check every file's sha256")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=cmd_info)
+
+    b = sub.add_parser("build", help="export, quantize and validate a model into a bundle (build extra)")
+    b.add_argument("source", help="recipe name in models/, local HF directory, or Hugging Face id")
+    b.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    b.add_argument("--method", default="dynamic", help="dynamic (INT8) or fp32")
+    b.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
+    b.add_argument("--pooling", choices=("cls", "mean"), help="override the recipe's pooling")
+    b.add_argument("--max-length", type=int, help="override the recipe's max_length")
+    b.add_argument("--threshold", action="append", metavar="KEY=VALUE",
+                   help="override a fidelity threshold, e.g. cosine_mean=0.995")
+    b.add_argument("--fp32-out", help="also write the fp32 reference bundle here")
+    b.add_argument("--force", action="store_true", help="replace an existing output")
+    b.set_defaults(func=cmd_build)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except EdgeEmbedError as e:
+        _err(str(e))
+        return 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

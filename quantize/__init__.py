@@ -1,0 +1,30 @@
+"""edge-embed's build pipeline: Hugging Face model -> ONNX -> INT8 -> validated bundle.
+
+Needs the ``build`` extra (torch, transformers, optimum, onnx). The runtime package
+``edge_embed`` never imports this one; this one uses the runtime to validate what ships.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+_NEEDED = ("torch", "transformers", "optimum", "onnx", "onnxruntime")
+_missing = [m for m in _NEEDED if importlib.util.find_spec(m) is None]
+if _missing:
+    raise ImportError(
+        f"the edge-embed build pipeline needs {', '.join(_missing)}; install the build extra: "
+        "pip install torch==2.13.0 && pip install 'edge-embed[build]'"
+    )
+
+from edge_embed.errors import EdgeEmbedError  # noqa: E402
+
+
+class BuildError(EdgeEmbedError):
+    """A build step failed: bad source, recipe, export or quantization."""
+
+
+class DriftError(BuildError):
+    """The quantized model drifted past the recipe's fidelity thresholds."""
+
+
+__all__ = ["BuildError", "DriftError"]
