@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
@@ -162,6 +163,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         _print_info(m, args.bundle)
     if args.verify:
         print(f"verified: {len(m.files)} files match their sha256")
+    if args.self_check:
+        from .selfcheck import self_check
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = self_check(Embedder.load(args.bundle, threads=args.threads), on_fail=args.self_check)
+        for w in caught:
+            _err(f"warning: {w.message}")
+        print(res.summary(), file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -237,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle")
     i.add_argument("--verify", action="store_true", help="check every file's sha256")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.add_argument("--self-check", nargs="?", const="raise", choices=("raise", "warn"), default=None,
+                   help="embed the bundle's probe texts on this device and compare with their fp32 "
+                        "references; exit 1 below the manifest's threshold (or only warn: --self-check warn)")
+    i.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (self-check)")
     i.set_defaults(func=cmd_info)
 
     b = sub.add_parser("build", help="export, quantize and validate a model into a bundle (build extra)")

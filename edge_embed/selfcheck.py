@@ -258,7 +258,7 @@ def write_probes(bundle_dir: str | Path, texts: Sequence[str], vectors: Any, *, 
         "batch_size": batch_size or 1,
         # 8 significant digits: far finer than any threshold, and a readable, diffable file
         "probes": [{"text": t, "prompt": p, "vector": [float(f"{x:.8g}") for x in v]}
-                   for t, p, v in zip(texts, prompt_list, vecs.tolist())],
+                   for t, p, v in zip(texts, prompt_list, vecs.tolist(), strict=True)],
     }
     path = Path(bundle_dir) / SELFCHECK_FILE
     path.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -103,7 +103,8 @@ class Report:
     def text(self) -> str:
         x = _stats(self.x86_int8_vs_fp32)
         lines = [
-            f"ARM check: INT8 {self.bundles['int8']}, fp32 {self.bundles['fp32']}, {len(TEXTS)} texts, batches of {BATCH}",
+            f"ARM check: INT8 {self.bundles['int8']}, fp32 {self.bundles['fp32']}, "
+            f"{len(TEXTS)} texts, batches of {BATCH}",
             f"  thresholds (INT8 vs fp32, from the INT8 bundle): {self.thresholds}",
             f"  x86 ({_host_cpu()}): INT8 vs fp32 cosine min {x['min']:.4f} mean {x['mean']:.4f}",
         ]
@@ -146,23 +147,19 @@ def fidelity_thresholds(bundle: Path) -> dict[str, float]:
     """
     from edge_embed import Manifest
     m = Manifest.read(bundle)
-    raw: dict[str, Any] = {}
-    for holder in (m.validation.get("thresholds"), m.validation, m.quantization.get("thresholds")):
-        if isinstance(holder, dict):
-            raw.update({k: v for k, v in holder.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    # the thresholds only: validation also holds the measured figures under the same names
+    held = m.validation.get("thresholds")
+    raw = {k: v for k, v in (held if isinstance(held, dict) else {}).items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool)}
     out: dict[str, float] = {}
-    for key, names in (("min", ("cosine_min", "min_cosine", "cos_min")),
-                       ("mean", ("cosine_mean", "mean_cosine", "cos_mean")),
-                       ("p1", ("cosine_p1", "p1_cosine", "cos_p1"))):
-        for n in names:
-            if n in raw:
-                out[key] = float(raw[n])
-                break
+    for key in ("min", "p1", "mean"):
+        if f"cosine_{key}" in raw:
+            out[key] = float(raw[f"cosine_{key}"])
     sc = m.extra.get("self_check")
     if "min" not in out and isinstance(sc, dict) and isinstance(sc.get("min_cosine"), (int, float)):
         out["min"] = float(sc["min_cosine"])
     if not out:
-        raise SystemExit(f"{bundle / 'manifest.json'}: no cosine thresholds in 'validation' or 'self_check'; "
+        raise RuntimeError(f"{bundle / 'manifest.json'}: no cosine thresholds in 'validation' or 'self_check'; "
                          "the ARM check gates on the bundle's own thresholds")
     return out
 
@@ -203,6 +200,24 @@ def _launch(cpu: str, sysroot: Path, job: dict[str, Any], work: Path) -> tuple[s
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True), out, time.perf_counter()
 
 
+def _wait(running: list[tuple[subprocess.Popen[str], Path, float]], timeout: float) -> dict[int, float]:
+    """Wait for every guest; kill those past `timeout` s. Returns each process's end time."""
+    ended: dict[int, float] = {}
+    while len(ended) < len(running):
+        now = time.perf_counter()
+        for proc, _, started in running:
+            if id(proc) in ended:
+                continue
+            if proc.poll() is not None:
+                ended[id(proc)] = now
+            elif now - started > timeout:
+                proc.kill()
+                proc.wait()
+                ended[id(proc)] = now
+        time.sleep(0.2)
+    return ended
+
+
 def run_check(int8: Path, fp32: Path, *, cpus: tuple[str, ...] = CPUS, sysroot: Path | None = None,
               work: Path | None = None, timeout: float = 240.0, parallel: bool = True) -> Report:
     t0 = time.perf_counter()
@@ -224,19 +239,22 @@ def run_check(int8: Path, fp32: Path, *, cpus: tuple[str, ...] = CPUS, sysroot: 
     host = {k: Embedder.load(p, threads=1).embed(list(TEXTS), batch_size=BATCH) for k, p in bundles.items()}
     x86_int8 = _cos(host["int8"], host["fp32"])
 
+    if parallel:
+        ended = _wait(running, timeout)
+    else:
+        ended = {}
+        for cpu in cpus:  # one at a time: wait for each before starting the next
+            running.append(_launch(cpu, sysroot, job, work))
+            ended.update(_wait([running[-1]], timeout))
+
     results = []
-    for i, cpu in enumerate(cpus):
-        proc, out, started = running[i] if parallel else _launch(cpu, sysroot, job, work)
-        try:
-            rc = proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - started)))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = "timeout"
-        seconds = time.perf_counter() - started
+    for cpu, (proc, out, started) in zip(cpus, running, strict=True):
+        rc = proc.returncode if proc.returncode is not None else "timeout"
+        seconds = ended[id(proc)] - started
         log_tail = "\n".join((work / f"{cpu}.log").read_text(errors="replace").splitlines()[-15:])
         if rc != 0:
-            raise RuntimeError(f"{cpu}: guest failed ({rc}) after {seconds:.0f} s; log {work / f'{cpu}.log'}:\n{log_tail}")
+            raise RuntimeError(f"{cpu}: guest failed ({rc}) after {seconds:.0f} s; "
+                               f"log {work / f'{cpu}.log'}:\n{log_tail}")
         info = json.loads((out / "info.json").read_text())
         arm = {k: np.load(out / f"{k}.npy") for k in bundles}
         fp32_diff = float(np.abs(arm["fp32"] - host["fp32"]).max())
