@@ -116,7 +116,7 @@ class Report:
                 f"{c.seconds:.0f} s):",
                 f"    fp32 ARM vs x86 max abs diff {c.fp32_max_abs:.2e} (gate <= {FP32_MAX_ABS:g})",
                 f"    INT8 ARM vs fp32 cosine min {a['min']:.4f} mean {a['mean']:.4f} (gated by thresholds)",
-                f"    INT8 ARM vs INT8 x86 cosine min {b['min']:.4f} mean {b['mean']:.4f} (reported only)",
+                f"    INT8 ARM vs INT8 x86 cosine min {b['min']:.6f} mean {b['mean']:.6f} (reported only)",
                 f"    {sc}",
             ]
             lines += [f"    FAIL: {f}" for f in c.failures]

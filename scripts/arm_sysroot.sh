@@ -22,6 +22,11 @@ PYVER=3.11
 MIRROR="${ARM_MIRROR:-http://deb.debian.org/debian}"
 
 log() { echo "arm-sysroot: $*" >&2; }
+# tool output goes to a log next to the sysroot; its tail is shown if a step fails
+mkdir -p "$(dirname "$SYSROOT")"
+LOG="$(dirname "$SYSROOT")/$(basename "$SYSROOT").log"
+: > "$LOG"
+trap 'rc=$?; if [[ $rc != 0 ]]; then log "failed (exit $rc); last lines of $LOG:"; tail -n 15 "$LOG" >&2; fi' EXIT
 
 # the wheels must match what the host runs, so x86 and ARM compare like with like
 versions="$("$PYTHON" - <<'PY'
@@ -29,20 +34,15 @@ import importlib.metadata as md
 print(" ".join(f"{p}=={md.version(p)}" for p in ("numpy", "onnxruntime", "tokenizers")))
 PY
 )"
-stamp="suite=$SUITE python=$PYVER wheels=$versions v=2"
-if [[ -f "$SYSROOT/.stamp" && "$(cat "$SYSROOT/.stamp")" == "$stamp" ]]; then
-    echo "$SYSROOT"
-    exit 0
-fi
-
 for tool in apt-get dpkg-deb; do
     command -v "$tool" >/dev/null || { log "$tool not found: this script needs a Debian/Ubuntu host"; exit 3; }
 done
 if ! command -v qemu-aarch64-static >/dev/null; then
     if [[ "$(id -u)" == 0 ]]; then
         log "installing qemu-user-static"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user-static >&2 \
-            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user-static >&2; } \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user-static >>"$LOG" 2>&1 \
+            || { apt-get update -q >>"$LOG" 2>&1 \
+                 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user-static >>"$LOG" 2>&1; } \
             || { log "could not install qemu-user-static"; exit 3; }
     else
         log "qemu-aarch64-static not found; install it: sudo apt-get install qemu-user-static"
@@ -50,7 +50,14 @@ if ! command -v qemu-aarch64-static >/dev/null; then
     fi
 fi
 
+stamp="suite=$SUITE python=$PYVER wheels=$versions v=3"
+if [[ -f "$SYSROOT/.stamp" && "$(cat "$SYSROOT/.stamp")" == "$stamp" ]]; then
+    echo "$SYSROOT"
+    exit 0
+fi
+
 rm -rf "$SYSROOT"
+rm -rf "$(dirname "$SYSROOT")/arm-apt/archives"
 mkdir -p "$SYSROOT"
 apt_dir="$(dirname "$SYSROOT")/arm-apt"
 mkdir -p "$apt_dir"/{lists/partial,archives/partial,etc/preferences.d,etc/apt.conf.d}
@@ -77,9 +84,9 @@ CONF
 export APT_CONFIG="$apt_dir/apt.conf"
 
 log "fetching arm64 python$PYVER from $MIRROR $SUITE"
-apt-get update -q >&2
+apt-get update -q >>"$LOG" 2>&1
 # an empty dpkg status makes apt resolve the whole dependency closure (libc6 included)
-apt-get install -y -q --download-only "python$PYVER" libstdc++6 libgcc-s1 >&2
+apt-get install -y -q --download-only "python$PYVER" libstdc++6 libgcc-s1 >>"$LOG" 2>&1
 for deb in "$apt_dir"/archives/*.deb; do
     dpkg-deb -x "$deb" "$SYSROOT"
 done
@@ -94,7 +101,7 @@ log "installing aarch64 wheels: $versions"
 # shellcheck disable=SC2086
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-compile --target "$SYSROOT/site" \
     --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 \
-    --only-binary=:all: --python-version "$PYVER" --implementation cp $versions >&2
+    --only-binary=:all: --python-version "$PYVER" --implementation cp $versions >>"$LOG" 2>&1
 
 # one root per emulated CPU: symlinks into the sysroot + that CPU's /proc/cpuinfo
 write_cpuinfo() {  # $1 part, $2 features
@@ -127,6 +134,7 @@ for cpu in cortex-a72 cortex-a76; do
     esac
 done
 
+rm -rf "$apt_dir"  # the .debs and lists are not needed once unpacked
 echo "$stamp" > "$SYSROOT/.stamp"
 log "ready: $SYSROOT ($(du -sh "$SYSROOT" | cut -f1))"
 echo "$SYSROOT"

@@ -1,0 +1,72 @@
+"""The runtime on emulated Raspberry Pi CPUs (Cortex-A72 = Pi 4, Cortex-A76 = Pi 5).
+
+Runs scripts/arm_check.py: the checkout's own edge_embed under qemu-aarch64 loads the
+real MiniLM INT8 bundle and its fp32 reference, and the host compares with x86. Skips,
+saying why, where qemu-user-static or the aarch64 sysroot cannot be had; the first run
+builds the sysroot under .ci/cache/arm-sysroot (about 30 s, needs apt and PyPI), later
+runs reuse it. Correctness only: emulation says nothing about speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.arm, pytest.mark.slow]
+# CI sets this (scripts/ci_arm.sh): there a missing qemu or sysroot is a failure, not a skip
+REQUIRED = os.environ.get("EDGE_EMBED_REQUIRE_ARM") == "1"
+
+
+def _skip(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"EDGE_EMBED_REQUIRE_ARM=1 but the ARM check cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def _load_check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("arm_check", REPO / "scripts" / "arm_check.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["arm_check"] = mod  # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def arm_check() -> ModuleType:
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        _skip(f"the emulated ARM check runs on x86_64 Linux hosts, this is {platform.system()} "
+                    f"{platform.machine()}")
+    if not shutil.which("qemu-aarch64-static"):
+        _skip("qemu-aarch64-static not installed: apt-get install qemu-user-static "
+                    "(scripts/ci_arm.sh installs it and prepares the sysroot)")
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+        _skip("building the aarch64 sysroot needs apt-get and dpkg-deb (a Debian/Ubuntu host)")
+    return _load_check()
+
+
+def test_emulated_pi4_and_pi5(arm_check: ModuleType, minilm_bundles: tuple[Path, Path], tmp_path: Path) -> None:
+    int8, fp32 = minilm_bundles
+    sysroot = Path(os.environ.get("EDGE_EMBED_ARM_SYSROOT", REPO / ".ci" / "cache" / "arm-sysroot"))
+    try:
+        report = arm_check.run_check(int8, fp32, sysroot=sysroot, work=tmp_path / "arm-work")
+    except arm_check.Unavailable as e:
+        _skip(str(e))
+    print(report.text())
+    assert report.passed, report.text()
+    assert {c.cpu for c in report.cpus} == {"cortex-a72", "cortex-a76"}
+    for c in report.cpus:
+        assert c.info["machine"] == "aarch64"
+        assert c.info["edge_embed"].startswith(str(REPO)), "the guest must run this checkout's edge_embed"
+        assert c.fp32_max_abs <= 1e-4
+        assert c.self_check is not None and c.self_check["passed"], c.self_check
+    # the two CPUs take different INT8 kernels (A76 has the dot-product instructions)
+    assert "asimddp" in report.cpus[1].info["cpu"] and "asimddp" not in report.cpus[0].info["cpu"]
