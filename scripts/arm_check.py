@@ -64,22 +64,29 @@ class Unavailable(Exception):
 
 
 @dataclass
+class Int8Result:
+    """One INT8 bundle on one emulated CPU."""
+
+    vs_fp32: list[float]  # per-text cosine to the fp32 reference (gated by the bundle's thresholds)
+    x86_vs_arm: list[float]  # per-text cosine to the same bundle on x86 (reported only)
+    self_check: dict[str, Any] | None
+
+
+@dataclass
 class CpuResult:
     cpu: str
     seconds: float
     info: dict[str, Any]
     fp32_max_abs: float
-    int8_vs_fp32: list[float]
-    int8_x86_vs_arm: list[float]
-    self_check: dict[str, Any] | None
+    int8: dict[str, Int8Result]
     failures: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Report:
     cpus: list[CpuResult]
-    x86_int8_vs_fp32: list[float]
-    thresholds: dict[str, float]
+    x86_int8_vs_fp32: dict[str, list[float]]
+    thresholds: dict[str, dict[str, float]]
     setup_s: float
     total_s: float
     bundles: dict[str, str]
@@ -91,34 +98,36 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed, "setup_s": self.setup_s, "total_s": self.total_s,
-            "bundles": self.bundles, "thresholds": self.thresholds,
-            "x86_int8_vs_fp32": _stats(self.x86_int8_vs_fp32),
+            "bundles": self.bundles, "thresholds": self.thresholds, "texts": len(TEXTS), "batch_size": BATCH,
+            "x86": {"cpu": _host_cpu(), **{k: _stats(v) for k, v in self.x86_int8_vs_fp32.items()}},
             "cpus": {c.cpu: {
-                "seconds": c.seconds, "fp32_max_abs_diff": c.fp32_max_abs,
-                "int8_vs_fp32": _stats(c.int8_vs_fp32), "int8_x86_vs_arm": _stats(c.int8_x86_vs_arm),
-                "self_check": c.self_check, "failures": c.failures, "guest": c.info,
+                "seconds": c.seconds, "fp32_max_abs_diff": c.fp32_max_abs, "failures": c.failures,
+                "int8": {k: {"vs_fp32": _stats(r.vs_fp32), "x86_vs_arm": _stats(r.x86_vs_arm),
+                             "self_check": r.self_check} for k, r in c.int8.items()},
+                "guest": c.info,
             } for c in self.cpus},
         }
 
     def text(self) -> str:
-        x = _stats(self.x86_int8_vs_fp32)
-        lines = [
-            f"ARM check: INT8 {self.bundles['int8']}, fp32 {self.bundles['fp32']}, "
-            f"{len(TEXTS)} texts, batches of {BATCH}",
-            f"  thresholds (INT8 vs fp32, from the INT8 bundle): {self.thresholds}",
-            f"  x86 ({_host_cpu()}): INT8 vs fp32 cosine min {x['min']:.4f} mean {x['mean']:.4f}",
-        ]
+        lines = [f"ARM check: {len(TEXTS)} texts, batches of {BATCH}; fp32 reference {self.bundles['fp32']}"]
+        for k, cos in self.x86_int8_vs_fp32.items():
+            x = _stats(cos)
+            lines += [f"  {k}: {self.bundles[k]}, thresholds vs fp32 {self.thresholds[k]}",
+                      f"    x86 ({_host_cpu()}): vs fp32 cosine min {x['min']:.4f} mean {x['mean']:.4f}"]
         for c in self.cpus:
-            a, b = _stats(c.int8_vs_fp32), _stats(c.int8_x86_vs_arm)
-            sc = c.self_check["summary"] if c.self_check else "bundle has no self-check"
             lines += [
                 f"  {c.cpu} ({c.info.get('cpu', '?')}, onnxruntime {c.info.get('onnxruntime', '?')}, "
                 f"{c.seconds:.0f} s):",
                 f"    fp32 ARM vs x86 max abs diff {c.fp32_max_abs:.2e} (gate <= {FP32_MAX_ABS:g})",
-                f"    INT8 ARM vs fp32 cosine min {a['min']:.4f} mean {a['mean']:.4f} (gated by thresholds)",
-                f"    INT8 ARM vs INT8 x86 cosine min {b['min']:.6f} mean {b['mean']:.6f} (reported only)",
-                f"    {sc}",
             ]
+            for k, r in c.int8.items():
+                a, b = _stats(r.vs_fp32), _stats(r.x86_vs_arm)
+                sc = r.self_check["summary"] if r.self_check else "bundle has no self-check"
+                lines += [
+                    f"    {k}: vs fp32 cosine min {a['min']:.4f} mean {a['mean']:.4f} (gated); "
+                    f"vs {k} on x86 min {b['min']:.6f} mean {b['mean']:.6f} (reported only)",
+                    f"    {k}: {sc}",
+                ]
             lines += [f"    FAIL: {f}" for f in c.failures]
         lines.append(f"  {'PASS' if self.passed else 'FAIL'}: setup {self.setup_s:.0f} s, total {self.total_s:.0f} s")
         return "\n".join(lines)
@@ -218,18 +227,23 @@ def _wait(running: list[tuple[subprocess.Popen[str], Path, float]], timeout: flo
     return ended
 
 
-def run_check(int8: Path, fp32: Path, *, cpus: tuple[str, ...] = CPUS, sysroot: Path | None = None,
-              work: Path | None = None, timeout: float = 240.0, parallel: bool = True) -> Report:
+def run_check(int8: Path | dict[str, Path], fp32: Path, *, cpus: tuple[str, ...] = CPUS,
+              sysroot: Path | None = None, work: Path | None = None, timeout: float = 240.0,
+              parallel: bool = True) -> Report:
+    """Run the check; ``int8`` is one INT8 bundle or several by name (one guest run covers all)."""
     t0 = time.perf_counter()
     sysroot = ensure_sysroot(sysroot or ROOT / ".ci" / "cache" / "arm-sysroot")
     setup_s = time.perf_counter() - t0
     work = work or ROOT / ".ci" / "cache" / "arm-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    thresholds = fidelity_thresholds(int8)
-    bundles = {"int8": str(int8.resolve()), "fp32": str(fp32.resolve())}
+    int8s = {"int8": int8} if isinstance(int8, Path) else dict(int8)
+    if "fp32" in int8s:
+        raise ValueError("int8: 'fp32' names the reference bundle; pick another name")
+    thresholds = {k: fidelity_thresholds(p) for k, p in int8s.items()}
+    bundles = {**{k: str(p.resolve()) for k, p in int8s.items()}, "fp32": str(fp32.resolve())}
     job = {"bundles": bundles, "texts": list(TEXTS), "threads": 1, "batch_size": BATCH,
-           "self_check": ["int8"]}
+           "self_check": list(int8s)}
 
     running = []
     if parallel:  # one guest thread each; the two emulated CPUs share the host's cores
@@ -237,7 +251,7 @@ def run_check(int8: Path, fp32: Path, *, cpus: tuple[str, ...] = CPUS, sysroot: 
 
     from edge_embed import Embedder  # host side, while the guests run
     host = {k: Embedder.load(p, threads=1).embed(list(TEXTS), batch_size=BATCH) for k, p in bundles.items()}
-    x86_int8 = _cos(host["int8"], host["fp32"])
+    x86_int8 = {k: _cos(host[k], host["fp32"]) for k in int8s}
 
     if parallel:
         ended = _wait(running, timeout)
@@ -258,26 +272,28 @@ def run_check(int8: Path, fp32: Path, *, cpus: tuple[str, ...] = CPUS, sysroot: 
         info = json.loads((out / "info.json").read_text())
         arm = {k: np.load(out / f"{k}.npy") for k in bundles}
         fp32_diff = float(np.abs(arm["fp32"] - host["fp32"]).max())
-        int8_fp32 = _cos(arm["int8"], host["fp32"])
-        res = CpuResult(cpu, seconds, info, fp32_diff, int8_fp32, _cos(arm["int8"], host["int8"]),
-                        info["bundles"]["int8"].get("self_check"))
+        res = CpuResult(cpu, seconds, info, fp32_diff, {})
         if not fp32_diff <= FP32_MAX_ABS:
             res.failures.append(f"fp32 max abs diff {fp32_diff:.2e} > {FP32_MAX_ABS:g}")
-        s = _stats(int8_fp32)
-        for key, limit in thresholds.items():
-            if not s[key] >= limit:
-                res.failures.append(f"INT8 vs fp32 cosine {key} {s[key]:.4f} < the bundle's threshold {limit}")
-        for name in bundles:
-            sc = info["bundles"][name].get("self_check")
-            if sc is not None and not sc["passed"]:
-                res.failures.append(f"{name} bundle: {sc['summary']}")
+        for k in int8s:
+            r = Int8Result(_cos(arm[k], host["fp32"]), _cos(arm[k], host[k]), info["bundles"][k].get("self_check"))
+            res.int8[k] = r
+            s = _stats(r.vs_fp32)
+            for key, limit in thresholds[k].items():
+                if not s[key] >= limit:
+                    res.failures.append(f"{k}: cosine {key} vs fp32 {s[key]:.4f} < the bundle's threshold {limit}")
+            if r.self_check is None:
+                res.failures.append(f"{k}: the bundle has no self-check probes; rebuild it")
+            elif not r.self_check["passed"]:
+                res.failures.append(f"{k}: {r.self_check['summary']}")
         results.append(res)
     return Report(results, x86_int8, thresholds, setup_s, time.perf_counter() - t0, bundles)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--int8", required=True, type=Path, help="INT8 bundle directory")
+    ap.add_argument("--int8", required=True, action="append", metavar="[NAME=]DIR",
+                    help="INT8 bundle directory (repeatable, NAME=DIR to label several)")
     ap.add_argument("--fp32", required=True, type=Path, help="its fp32 reference bundle directory")
     ap.add_argument("--cpu", action="append", choices=CPUS, help="emulated CPU (repeatable; default both)")
     ap.add_argument("--sysroot", type=Path, default=ROOT / ".ci" / "cache" / "arm-sysroot")
@@ -288,12 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     try:
-        report = run_check(args.int8, args.fp32, cpus=tuple(args.cpu or CPUS), sysroot=args.sysroot,
+        int8s = {}
+        for i, item in enumerate(args.int8):
+            name, sep, path = item.partition("=")
+            int8s[name if sep else ("int8" if i == 0 else f"int8-{i}")] = Path(path if sep else item)
+        report = run_check(int8s, args.fp32, cpus=tuple(args.cpu or CPUS), sysroot=args.sysroot,
                            work=args.work, timeout=args.timeout, parallel=not args.serial)
     except Unavailable as e:
         print(f"arm check: cannot run here: {e}", file=sys.stderr)
         return UNAVAILABLE
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         print(f"arm check: {e}", file=sys.stderr)
         return 1
     print(report.text())
