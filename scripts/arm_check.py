@@ -186,6 +186,33 @@ def ensure_sysroot(sysroot: Path) -> Path:
     return sysroot
 
 
+def _guest_env(sysroot: Path, home: Path) -> dict[str, str]:
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        # sysroot wheels first, then the checkout: the code under test is the repo's own
+        "PYTHONPATH": f"{sysroot / 'site'}:{ROOT}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "OMP_NUM_THREADS": "1",
+        "EDGE_EMBED_THREADS": "1",
+    }
+
+
+def guest_info_self_check(bundle: Path, qemu_cpu: str, sysroot: Path, cpuinfo_of: str = "cortex-a76",
+                          timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
+    """``edge-embed info BUNDLE --self-check`` in the guest, on any qemu CPU model.
+
+    Used as a negative control: under qemu 7.2 every CPU model with SVE (``max``, which is
+    also qemu's default) makes onnxruntime's INT8 kernels return wrong vectors, which the
+    self-check must catch. ``cpuinfo_of`` picks which /proc/cpuinfo the guest sees.
+    """
+    cmd = ["qemu-aarch64-static", "-cpu", qemu_cpu, "-L", str(sysroot / "cpu" / cpuinfo_of),
+           str(sysroot / "usr/bin/python3.11"), "-m", "edge_embed.cli", "info", str(bundle), "--self-check"]
+    return subprocess.run(cmd, env=_guest_env(sysroot, sysroot), capture_output=True, text=True, timeout=timeout)
+
+
 def _launch(cpu: str, sysroot: Path, job: dict[str, Any], work: Path) -> tuple[subprocess.Popen[str], Path, float]:
     out = work / cpu
     out.mkdir(parents=True, exist_ok=True)
@@ -193,16 +220,7 @@ def _launch(cpu: str, sysroot: Path, job: dict[str, Any], work: Path) -> tuple[s
     job_file = work / f"{cpu}.job.json"
     job_file.write_text(json.dumps(job), encoding="utf-8")
     root = sysroot / "cpu" / cpu  # symlinks into the sysroot + this CPU's /proc/cpuinfo
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(work),
-        "LANG": "C.UTF-8",
-        # sysroot wheels first, then the checkout: the code under test is the repo's own
-        "PYTHONPATH": f"{sysroot / 'site'}:{ROOT}",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONNOUSERSITE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = _guest_env(sysroot, work)
     cmd = ["qemu-aarch64-static", "-cpu", cpu, "-L", str(root), str(sysroot / "usr/bin/python3.11"),
            str(ROOT / "scripts" / "arm_guest.py"), str(job_file)]
     log = open(work / f"{cpu}.log", "w")  # noqa: SIM115 - closed with the process

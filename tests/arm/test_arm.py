@@ -55,6 +55,10 @@ def arm_check() -> ModuleType:
     return _load_check()
 
 
+def _sysroot() -> Path:
+    return Path(os.environ.get("EDGE_EMBED_ARM_SYSROOT", REPO / ".ci" / "cache" / "arm-sysroot"))
+
+
 def _has_arm64_target() -> bool:
     r = run_cli("build", "--help", timeout=120)
     return r.returncode == 0 and "--target" in r.stdout and "arm64" in r.stdout
@@ -72,7 +76,7 @@ def test_emulated_pi4_and_pi5(arm_check: ModuleType, minilm_bundles: tuple[Path,
                               tmp_path: Path) -> None:
     int8, fp32 = minilm_bundles
     int8s = {"int8": int8, **({"int8-arm64": arm64_bundle} if arm64_bundle else {})}
-    sysroot = Path(os.environ.get("EDGE_EMBED_ARM_SYSROOT", REPO / ".ci" / "cache" / "arm-sysroot"))
+    sysroot = _sysroot()
     try:
         # one guest run per CPU covers every INT8 bundle: imports and the fp32 pass are shared
         report = arm_check.run_check(int8s, fp32, sysroot=sysroot, work=tmp_path / "arm-work")
@@ -97,3 +101,22 @@ def test_arm64_target_preset_is_exercised(arm_check: ModuleType, arm64_bundle: P
     if arm64_bundle is None:
         pytest.skip("this build has no '--target arm64' preset yet; the check above covers the default INT8 bundle")
     assert (arm64_bundle / "manifest.json").is_file()
+
+
+def test_self_check_catches_wrong_int8_kernels(arm_check: ModuleType, minilm_int8: Path) -> None:
+    """Negative control: qemu 7.2's SVE CPU models make onnxruntime's INT8 output garbage.
+
+    On such a CPU the self-check must refuse, naming the CPU and onnxruntime version; this is
+    the failure a Pi owner would otherwise only notice as bad search results.
+    """
+    try:
+        sysroot = arm_check.ensure_sysroot(_sysroot())
+    except arm_check.Unavailable as e:
+        _skip(str(e))
+    r = arm_check.guest_info_self_check(minilm_int8, "max", sysroot)
+    if r.returncode == 0:
+        pytest.skip("this qemu computes INT8 correctly under -cpu max: no known-wrong CPU to test against")
+    assert r.returncode == 1, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert "self-check failed on this device" in err
+    assert "aarch64 Cortex-A76" in err and "onnxruntime " in err
