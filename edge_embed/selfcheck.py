@@ -31,6 +31,7 @@ from .errors import BundleError, SelfCheckError
 
 if TYPE_CHECKING:
     from .embedder import Embedder
+    from .manifest import Manifest
 
 __all__ = [
     "MANIFEST_KEY",
@@ -40,6 +41,7 @@ __all__ = [
     "SelfCheckResult",
     "SelfCheckWarning",
     "describe_cpu",
+    "probe_file",
     "run_self_check",
     "self_check",
     "write_probes",
@@ -141,7 +143,14 @@ class SelfCheckResult:
                 f"(threshold {self.threshold}) on {self.cpu}, onnxruntime {self.onnxruntime}")
 
 
-def _spec(emb: Embedder) -> tuple[Path, float]:
+def probe_file(manifest: Manifest) -> str | None:
+    """The probe file the manifest's self_check key names, if it names one 'files' lists."""
+    spec = manifest.extra.get(MANIFEST_KEY)
+    name = spec.get("file", SELFCHECK_FILE) if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name in manifest.files else None
+
+
+def _spec(emb: Embedder) -> tuple[str, float]:
     """The probe file and threshold named by the manifest; BundleError naming the key if absent."""
     where = emb.path / "manifest.json"
     spec = emb.manifest.extra.get(MANIFEST_KEY)
@@ -157,12 +166,13 @@ def _spec(emb: Embedder) -> tuple[Path, float]:
     if (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)
             or not math.isfinite(threshold) or not -1.0 <= threshold <= 1.0):
         raise BundleError(f"{where}: '{MANIFEST_KEY}.min_cosine' must be a number in [-1, 1], got {threshold!r}")
-    return emb.path / name, float(threshold)
+    return name, float(threshold)
 
 
-def _read_probes(path: Path, dim: int) -> tuple[list[str], list[str | None], npt.NDArray[np.float32], int]:
+def _read_probes(path: str, raw: bytes | None, dim: int) -> tuple[list[str], list[str | None],
+                                                                   npt.NDArray[np.float32], int]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8") if raw is not None else Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path}: not a readable self-check file ({e}); rebuild the bundle") from None
     if not isinstance(data, dict) or data.get("format") != SELFCHECK_FORMAT:
@@ -201,14 +211,15 @@ def _cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDAr
     return np.where(den > 0, out, np.nan)
 
 
-def run_self_check(emb: Embedder) -> SelfCheckResult:
+def run_self_check(emb: Embedder, data: bytes | None = None) -> SelfCheckResult:
     """Embed the stored probes with ``emb`` and measure cosine to the stored references.
 
-    Raises BundleError if the bundle has no (or a malformed) self-check; never raises
-    because of the verdict: see :meth:`SelfCheckResult.passed` and :func:`self_check`.
+    data: the probe file's bytes (for a packed bundle); by default it is read from the bundle
+    directory. Raises BundleError if the bundle has no (or a malformed) self-check; never
+    raises because of the verdict: see :meth:`SelfCheckResult.passed` and :func:`self_check`.
     """
-    path, threshold = _spec(emb)
-    texts, prompts, ref, batch_size = _read_probes(path, emb.dim)
+    name, threshold = _spec(emb)
+    texts, prompts, ref, batch_size = _read_probes(f"{emb.path}/{name}", data, emb.dim)
     got = np.empty_like(ref)
     for prompt in dict.fromkeys(prompts):  # one embed() per prompt, probes keep their order
         idx = [i for i, p in enumerate(prompts) if p == prompt]
@@ -222,11 +233,11 @@ def run_self_check(emb: Embedder) -> SelfCheckResult:
     )
 
 
-def self_check(emb: Embedder, on_fail: str = "raise") -> SelfCheckResult:
+def self_check(emb: Embedder, on_fail: str = "raise", data: bytes | None = None) -> SelfCheckResult:
     """Run the self-check; on failure raise SelfCheckError (on_fail='raise') or warn ('warn')."""
     if on_fail not in ("raise", "warn"):
         raise ValueError(f"on_fail: expected 'raise' or 'warn', got {on_fail!r}")
-    res = run_self_check(emb)
+    res = run_self_check(emb, data)
     if not res.passed:
         w = res.worst
         text = res.texts[w] if len(res.texts[w]) <= 40 else res.texts[w][:37] + "..."

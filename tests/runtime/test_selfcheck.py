@@ -77,6 +77,7 @@ def test_built_bundles_carry_probes(minilm_int8: Path, minilm_fp32: Path) -> Non
 def test_self_check_passes_here(minilm_int8: Path, minilm_fp32: Path) -> None:
     for bundle in (minilm_int8, minilm_fp32):
         emb = Embedder.load(bundle, self_check=True)
+        assert emb.self_check_result is not None and emb.self_check_result.passed
         res = run_self_check(emb)
         assert res.passed and res.min_cosine >= res.threshold
         assert len(res.cosines) == Manifest.read(bundle).extra[MANIFEST_KEY]["probes"]
@@ -163,3 +164,15 @@ def test_describe_cpu(tmp_path: Path, cpuinfo: str, expected: list[str]) -> None
         assert part in got
     assert " 85" not in got  # an x86 'model' number is not a board name
     assert describe_cpu(str(tmp_path / "absent")).startswith(platform.machine())
+
+
+def test_packed_bundle_self_check(minilm_int8: Path, tampered: Path, tmp_path: Path) -> None:
+    from edge_embed.archive import pack
+
+    good = pack(minilm_int8, tmp_path / "good.edgeembed")
+    emb = Embedder.load(good, self_check=True)
+    assert emb.self_check_result is not None and emb.self_check_result.passed
+    bad = pack(tampered, tmp_path / "bad.edgeembed")
+    with pytest.raises(SelfCheckError, match="self-check failed on this device"):
+        Embedder.load(bad, self_check=True)
+    assert main(["info", str(bad), "--self-check"]) == 1
