@@ -8,8 +8,9 @@ a fixed set of texts with an INT8 bundle and its fp32 reference; the host embeds
 texts here and compares:
 
 - fp32 on ARM vs fp32 on x86: max abs difference <= 1e-4 (gate);
-- INT8 on ARM vs the fp32 reference: the INT8 bundle's own fidelity thresholds (gate),
-  and the bundle's self-check on the emulated CPU (gate, where the bundle has one);
+- INT8 on ARM vs the fp32 reference: every text at or above the bundle's own cosine_min
+  (gate; mean and p1 are reported, their thresholds belong to the 160-text validation set),
+  and the bundle's self-check on the emulated CPU (gate);
 - INT8 on ARM vs INT8 on x86: cosine reported, not gated (kernels differ by design).
 
 Emulation is 40-200x slower than a device: this checks correctness, never speed.
@@ -124,7 +125,7 @@ class Report:
                 a, b = _stats(r.vs_fp32), _stats(r.x86_vs_arm)
                 sc = r.self_check["summary"] if r.self_check else "bundle has no self-check"
                 lines += [
-                    f"    {k}: vs fp32 cosine min {a['min']:.4f} mean {a['mean']:.4f} (gated); "
+                    f"    {k}: vs fp32 cosine min {a['min']:.4f} (gated) mean {a['mean']:.4f}; "
                     f"vs {k} on x86 min {b['min']:.6f} mean {b['mean']:.6f} (reported only)",
                     f"    {k}: {sc}",
                 ]
@@ -296,10 +297,12 @@ def run_check(int8: Path | dict[str, Path], fp32: Path, *, cpus: tuple[str, ...]
         for k in int8s:
             r = Int8Result(_cos(arm[k], host["fp32"]), _cos(arm[k], host[k]), info["bundles"][k].get("self_check"))
             res.int8[k] = r
+            # gate the per-text floor, as the self-check does; the bundle's mean/p1 thresholds
+            # were set over its 160-text validation probes, and 12 texts cannot estimate those
             s = _stats(r.vs_fp32)
-            for key, limit in thresholds[k].items():
-                if not s[key] >= limit:
-                    res.failures.append(f"{k}: cosine {key} vs fp32 {s[key]:.4f} < the bundle's threshold {limit}")
+            if "min" in thresholds[k] and not s["min"] >= thresholds[k]["min"]:
+                res.failures.append(f"{k}: cosine min vs fp32 {s['min']:.4f} < the bundle's cosine_min "
+                                    f"{thresholds[k]['min']}")
             if r.self_check is None:
                 res.failures.append(f"{k}: the bundle has no self-check probes; rebuild it")
             elif not r.self_check["passed"]:
