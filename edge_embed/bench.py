@@ -28,6 +28,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from .embedder import Embedder
+from .errors import InputError
 
 __all__ = ["LENGTHS", "BATCHES", "cpu_info", "cold_start", "make_texts", "run_bench", "format_report"]
 
@@ -94,11 +95,17 @@ _CHILD = (
     "t = int(sys.argv[2]) if sys.argv[2] != '-' else None\n"
     "v = Embedder.load(sys.argv[1], threads=t).embed(['a first vector to time a cold start'])\n"
     "sys.stdout.write(str(v.shape[1]) + '\\n'); sys.stdout.flush()\n"
+    # VmHWM is this process image's own peak; ru_maxrss would carry the parent's pages over exec
+    "hwm = [ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM:')] "
+    "if sys.platform.startswith('linux') else []\n"
+    "import resource\n"
+    "r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "sys.stdout.write(str(int(hwm[0]) if hwm else (r // 1024 if sys.platform == 'darwin' else r)) + '\\n')\n"
 )
 
 
 def cold_start(bundle: str | Path, threads: int | None = None) -> tuple[float, float]:
-    """(seconds from spawn to the first vector, peak RSS in MB) of a fresh Python process."""
+    """(seconds from spawn to the first vector, peak RSS in MiB) of a fresh Python process."""
     src = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
@@ -106,14 +113,11 @@ def cold_start(bundle: str | Path, threads: int | None = None) -> tuple[float, f
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     line = proc.stdout.readline() if proc.stdout else b""
     elapsed = time.perf_counter() - t0
-    err = proc.stderr.read() if proc.stderr else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0 or not line.strip():
-        raise RuntimeError(f"cold start of {bundle} failed: {err.decode(errors='replace').strip()[-500:]}")
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    rss = usage.ru_maxrss / (1 << 20) if sys.platform == "darwin" else usage.ru_maxrss / 1024
-    return elapsed, rss
+    rest, err = proc.communicate()
+    if proc.returncode != 0 or not line.strip() or not rest.strip():
+        raise InputError(f"{bundle}: cold start in a fresh process failed: "
+                         f"{err.decode(errors='replace').strip()[-300:]}")
+    return elapsed, int(rest.split()[0]) / 1024
 
 
 def _time_calls(emb: Embedder, batches: Sequence[list[str]], seconds: float) -> list[float]:
