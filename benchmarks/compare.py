@@ -57,7 +57,7 @@ def build_bundles(label: str, hf_dir: Path, work: Path, speed_only: bool,
     cmd += [f"--threshold={t}" for t in thresholds]
     log(f"building {label} bundles from {hf_dir}")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"compare: building {label} failed:\n{r.stderr[-3000:]}")
     return int8, fp32
