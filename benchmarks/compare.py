@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sts", help="STS file for quality (e.g. stsb/test.tsv)")
     p.add_argument("--beir", help="BEIR folder for quality (e.g. msmarco-5k)")
     p.add_argument("--work", default="models/bench", help="where bundles are built (kept for the next run)")
-    p.add_argument("--out", default="bench-out", help="folder for compare.md, compare.png, compare.json")
+    p.add_argument("--out", default="models/bench/out", help="folder for compare.md, compare.png, compare.json")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--n-short", type=int, default=256, help="short texts per timing")
