@@ -66,7 +66,7 @@ HAS_BENCH = all(importlib.util.find_spec(m) for m in ("sentence_transformers", "
 
 
 @pytest.mark.skipif(not HAS_BENCH, reason="needs the bench extra: pip install 'edge-embed[bench]'")
-def test_compare_harness_end_to_end(tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_compare_harness_end_to_end(tiny_bert_dir: Path, bundle_root: Path, tmp_path: Path) -> None:
     sts = tmp_path / "sts.tsv"
     sts.write_text("score\ts1\ts2\n4.5\tthe cat\tthe cat is here\n0.5\tfast car\twater river music\n"
                    "3.0\thello world\thello data\n", encoding="utf-8")
@@ -78,7 +78,7 @@ def test_compare_harness_end_to_end(tiny_bert_dir: Path, tmp_path: Path) -> None
     (beir / "qrels" / "test.tsv").write_text("q\td0\t1\n", encoding="utf-8")
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--model", f"tiny={tiny_bert_dir}",
-           "--sts", str(sts), "--beir", str(beir), "--work", str(tmp_path / "work"), "--out", str(out),
+           "--sts", str(sts), "--beir", str(beir), "--work", str(bundle_root / "compare-work"), "--out", str(out),
            "--rounds", "1", "--n-short", "34", "--n-long", "4", "--threads", "1",
            "--threshold", "top10_overlap=0", "--threshold", "cosine_min=0", "--threshold", "cosine_p1=0",
            "--threshold", "cosine_mean=0"]
