@@ -136,6 +136,7 @@ def texts_for(eng: Engines, sts: str | None, beir: str | None, n_short: int, n_l
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every model in turn; the report so far is written after each one, so a long run keeps its figures."""
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     models = [(s, False) for s in args.model or []] + [(s, True) for s in args.speed_only or []]
@@ -163,8 +164,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row["retained_pct"] = {k: 100.0 * v / ref[k] for k, v in q.get(e, {}).items() if ref.get(k)}
             rows.append(row)
         del eng
+        write(report(args, rows), Path(args.out), chart_too=False)
+    return report(args, rows)
+
+
+def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"cpu": cpu_info(), "threads": args.threads, "rounds": args.rounds, "rows": rows,
             "command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]])}
+
+
+def write(rep: dict[str, Any], out: Path, chart_too: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(rep, indent=2) + "\n", encoding="utf-8")
+    (out / "compare.md").write_text(markdown(rep), encoding="utf-8")
+    if chart_too:
+        chart(rep, out / "compare.png")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -239,13 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="passed to edge-embed build")
     p.add_argument("--st-quality", action="store_true", help="also evaluate PyTorch quality (slow)")
     args = p.parse_args(argv)
-    report = run(args)
+    rep = run(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "compare.md").write_text(markdown(report), encoding="utf-8")
-    chart(report, out / "compare.png")
-    sys.stdout.write(markdown(report))
+    write(rep, out)
+    sys.stdout.write(markdown(rep))
     log(f"wrote {out / 'compare.md'}, {out / 'compare.png'}, {out / 'compare.json'}")
     return 0
 
