@@ -72,8 +72,7 @@ class Embedder:
         self.session = session
         self._tok = tokenizer
         self.self_check_result: SelfCheckResult | None = None  # set by load(self_check=...)
-        self._tok_full = Tokenizer.from_str(tokenizer.to_str())
-        self._tok_full.no_truncation()
+        self._tok_full: Tokenizer | None = None  # built on first token_count(): copying costs ~0.1 s of cold start
         self._pool = POOLERS[manifest.pooling]
         self._inputs = {i.name: _ORT_INT_TYPES[i.type] for i in session.get_inputs()}
         outputs = session.get_outputs()
@@ -224,6 +223,9 @@ class Embedder:
         prefix = self._prefix(prompt)
         if not items:
             return []
+        if self._tok_full is None:
+            self._tok_full = Tokenizer.from_str(self._tok.to_str())
+            self._tok_full.no_truncation()
         return [len(e.ids) for e in self._tok_full.encode_batch([prefix + t for t in items])]
 
     def embed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32) -> npt.NDArray[np.float32]:
