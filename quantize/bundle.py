@@ -24,6 +24,7 @@ from .export import export_onnx, fetch, fuse, model_facts, save_tokenizer
 from .from_onnx import prepare_from_onnx
 from .int8 import quantize_dynamic_int8
 from .recipe import Recipe, fill_from_model_dir, resolve_source
+from .selfcheck import FP32_MIN_COSINE, add_self_check
 from .validate import drift_report
 
 __all__ = ["build", "write_bundle", "versions"]
@@ -150,6 +151,7 @@ def build(source: str | None, out: str | Path, method: str = "dynamic", revision
         fp32_dir = work / "fp32-bundle"
         write_bundle(fp32_dir, fp32_model, work / "tokenizer.json", recipe, src_facts, dim, max_len,
                      {"method": "fp32", "graph_fusion": fused}, None)
+        add_self_check(fp32_dir, Embedder.load(fp32_dir), FP32_MIN_COSINE)
 
         if method == "fp32":
             stage("[3/5] no quantization requested (fp32 bundle)")
@@ -176,6 +178,8 @@ def build(source: str | None, out: str | Path, method: str = "dynamic", revision
                 )
             final = work / "int8-bundle"
             write_bundle(final, q_model, work / "tokenizer.json", recipe, src_facts, dim, max_len, qfacts, report)
+            # the device-side check holds the INT8 bundle to its own fidelity floor
+            add_self_check(final, Embedder.load(fp32_dir), recipe.thresholds.get("cosine_min", 0.97))
 
         stage(f"[5/5] writing {out}")
         if fp32_out:
