@@ -238,11 +238,13 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
     if method == "auto":
         qfacts["method"] = "auto"
         qfacts["base_method"] = "dynamic"
-    if not report["passed"] and method in ("auto", "static"):
+    ratio = recipe.thresholds.get("model_size_ratio")
+    budget = ratio * fp32_bytes - q_model.stat().st_size if ratio else float("inf")
+    # keeping nodes in fp32 only buys fidelity: it cannot help a model that is already too big
+    can_tune = budget > 0 and any(not s.startswith("model_size_ratio") for s in report["shortfalls"])
+    if not report["passed"] and method in ("auto", "static") and can_tune:
         stage(f"      {base_kind} INT8 misses: {'; '.join(report['shortfalls'])}")
         stage("      measuring each node's sensitivity (only that node quantized, probe slice)")
-        ratio = recipe.thresholds.get("model_size_ratio")
-        budget = ratio * fp32_bytes - q_model.stat().st_size if ratio else float("inf")
         probes = load_probes()
         lengths = reference.token_count(probes)
         # short and medium probes keep the sensitivity pass fast; the full set judges every trial
