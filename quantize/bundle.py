@@ -106,9 +106,9 @@ def build(source: str, out: str | Path, method: str = "auto", revision: str | No
     target_name, _ = preset(target)
     checks = LabelledChecks(eval_sts, eval_beir) if method != "fp32" else None
     out = Path(out)
-    for target in (out, Path(fp32_out) if fp32_out else None):
-        if target is not None and target.exists() and not force:
-            raise BuildError(f"{target}: already exists; pass --force to replace it")
+    for dest in (out, Path(fp32_out) if fp32_out else None):
+        if dest is not None and dest.exists() and not force:
+            raise BuildError(f"{dest}: already exists; pass --force to replace it")
     recipe, load_from = resolve_source(source, revision)
     if pooling:
         recipe.pooling = pooling
