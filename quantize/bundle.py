@@ -104,6 +104,8 @@ def build(source: str, out: str | Path, method: str = "auto", revision: str | No
     elif calibration:
         raise BuildError(f"--calibration: only --method static uses a calibration set (got --method {method})")
     target_name, _ = preset(target)
+    if method == "fp32" and (eval_sts or eval_beir):
+        raise BuildError("--eval-sts/--eval-beir: compare INT8 with fp32; --method fp32 has nothing to compare")
     checks = LabelledChecks(eval_sts, eval_beir) if method != "fp32" else None
     out = Path(out)
     for dest in (out, Path(fp32_out) if fp32_out else None):
@@ -238,6 +240,7 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
     if method == "auto":
         qfacts["method"] = "auto"
         qfacts["base_method"] = "dynamic"
+    qfacts["fp32_nodes"] = []
     ratio = recipe.thresholds.get("model_size_ratio")
     budget = ratio * fp32_bytes - q_model.stat().st_size if ratio else float("inf")
     # keeping nodes in fp32 only buys fidelity: it cannot help a model that is already too big
