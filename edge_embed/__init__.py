@@ -6,7 +6,7 @@ in the separate ``quantize`` package (``pip install 'edge-embed[build]'``).
 
 from __future__ import annotations
 
-from .embedder import EmbedResult, Embedder
+from .embedder import Embedder, EmbedResult
 from .errors import BundleError, EdgeEmbedError, InputError
 from .manifest import FORMAT, Manifest
 

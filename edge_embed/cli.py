@@ -18,7 +18,8 @@ from typing import IO, Any
 import numpy as np
 
 from . import __version__
-from .embedder import Embedder
+from .archive import is_archive, pack, read_archive
+from .embedder import MODEL_FORMATS, Embedder
 from .errors import EdgeEmbedError, InputError
 from .manifest import Manifest
 
@@ -92,7 +93,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError("give texts as arguments or with -i FILE, not both")
     if not args.texts and not args.input:
         raise InputError("nothing to embed: give TEXT arguments, or -i FILE (- for stdin)")
-    emb = Embedder.load(args.model, threads=args.threads)
+    emb = Embedder.load(args.model, threads=args.threads, model_format=args.model_format)
     fmt = args.format
     if fmt == "npy" and not args.output and sys.stdout.isatty():
         raise InputError("-f npy writes binary; give -o OUT.npy or redirect stdout")
@@ -151,11 +152,15 @@ def _chunked(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 
 # ---------------------------------------------------------------------- info
 def cmd_info(args: argparse.Namespace) -> int:
-    m = Manifest.read(args.bundle)
-    if args.verify:
-        m.verify(args.bundle)
+    if is_archive(args.bundle):
+        # keep=nothing: every member is read through (sizes, and sha256 with --verify), none kept
+        m = read_archive(args.bundle, verify=args.verify, keep=lambda _: ()).manifest
     else:
-        m.check_present(args.bundle)
+        m = Manifest.read(args.bundle)
+        if args.verify:
+            m.verify(args.bundle)
+        else:
+            m.check_present(args.bundle)
     if args.json:
         print(json.dumps(m.to_dict(), indent=2))
     else:
@@ -185,7 +190,36 @@ def _print_info(m: Manifest, path: str) -> None:
         print(f"{k:<{width}}  {val}")
 
 
+# ---------------------------------------------------------------------- pack
+def cmd_pack(args: argparse.Namespace) -> int:
+    out = pack(args.bundle, args.output, force=args.force)
+    size = out.stat().st_size
+    print(f"{out}  ({size / 1e6:.1f} MB, verified and packed)")
+    return 0
+
+
 # ---------------------------------------------------------------------- build
+def _prompts(items: list[str] | None) -> dict[str, str]:
+    prompts: dict[str, str] = {}
+    for item in items or []:
+        name, sep, prefix = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--prompt: expected NAME=PREFIX, got {item!r}")
+        prompts[name.strip()] = prefix
+    return prompts
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        from quantize.ort_format import convert_bundle
+    except ImportError as e:
+        raise InputError(f"convert: {e}") from None
+    facts = convert_bundle(args.bundle)
+    print(f"{args.bundle}: wrote {facts['model_file']} and {facts['required_operators_and_types']} "
+          f"(max abs diff vs ONNX {facts['max_abs_diff_vs_onnx']:.1e})")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     try:
         from quantize.bundle import build
@@ -204,9 +238,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     report = build(args.source, args.output, method=args.method, revision=args.revision, pooling=args.pooling,
                    max_length=args.max_length, thresholds=thresholds, force=args.force, fp32_out=args.fp32_out,
-                   calibration=args.calibration, calibration_method=args.calibration_method,
-                   calibration_size=args.calibration_size, target=args.target, eval_sts=args.eval_sts,
-                   eval_beir=args.eval_beir)
+                   from_onnx=args.from_onnx, tokenizer=args.tokenizer, prompts=_prompts(args.prompt),
+                   ort_format=args.ort_format, calibration=args.calibration,
+                   calibration_method=args.calibration_method, calibration_size=args.calibration_size,
+                   target=args.target, eval_sts=args.eval_sts, eval_beir=args.eval_beir)
     if report:
         print(format_table(report))
     print(args.output)
@@ -222,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("embed", help="embed texts with a bundle (JSON lines or .npy)")
     e.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
-    e.add_argument("-m", "--model", default=os.environ.get(MODEL_ENV), help=f"bundle directory (${MODEL_ENV})")
+    e.add_argument("-m", "--model", default=os.environ.get(MODEL_ENV),
+                   help=f"bundle directory or packed .edgeembed file (${MODEL_ENV})")
     e.add_argument("-i", "--input", help="file with one text per line, - for stdin")
     e.add_argument("-f", "--format", choices=("jsonl", "npy"), default="jsonl")
     e.add_argument("-o", "--output", help="output file (default stdout)")
@@ -230,18 +266,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--chunk-size", type=int, default=1024, help=argparse.SUPPRESS)
     e.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    e.add_argument("--model-format", choices=MODEL_FORMATS, default="onnx",
+                   help="which model file to run: model.onnx, or the ORT-format model.ort (edge-embed convert)")
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress on stderr (default: when reading a file on a terminal)")
     e.set_defaults(func=cmd_embed)
 
     i = sub.add_parser("info", help="show a bundle's manifest")
-    i.add_argument("bundle")
+    i.add_argument("bundle", help="bundle directory or packed .edgeembed file")
     i.add_argument("--verify", action="store_true", help="check every file's sha256")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
 
+    k = sub.add_parser("pack", help="verify a bundle directory and pack it into one .edgeembed file")
+    k.add_argument("bundle", help="bundle directory")
+    k.add_argument("-o", "--output", required=True, help="file to write, e.g. minilm-int8.edgeembed")
+    k.add_argument("--force", action="store_true", help="replace an existing output")
+    k.set_defaults(func=cmd_pack)
+
+    c = sub.add_parser("convert", help="add an ORT-format model.ort (ONNX Runtime Mobile) to a bundle (build extra)")
+    c.add_argument("bundle", help="bundle directory")
+    c.set_defaults(func=cmd_convert)
+
     b = sub.add_parser("build", help="export, quantize and validate a model into a bundle (build extra)")
-    b.add_argument("source", help="recipe name in models/, local HF directory, or Hugging Face id")
+    b.add_argument("source", nargs="?", help="recipe name in models/, local HF directory, or Hugging Face id")
+    b.add_argument("--from-onnx", metavar="MODEL_ONNX", help="start from this fp32 ONNX export instead of SOURCE")
+    b.add_argument("--tokenizer", metavar="TOKENIZER_JSON", help="tokenizer.json to go with --from-onnx")
+    b.add_argument("--prompt", action="append", metavar="NAME=PREFIX",
+                   help="a prompt the bundle carries, e.g. query='Represent this sentence: '")
+    b.add_argument("--ort-format", action="store_true",
+                   help="also write model.ort + required_operators_and_types.config (ONNX Runtime Mobile)")
     b.add_argument("-o", "--output", required=True, help="bundle directory to write")
     b.add_argument("--method", default="auto", choices=("auto", "dynamic", "static", "fp32"),
                    help="auto (default): dynamic INT8, sensitive nodes kept fp32 until the thresholds pass; "

@@ -19,6 +19,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+from .archive import ArchiveSource, is_archive, read_archive
 from .errors import BundleError, InputError
 from .manifest import Manifest
 from .pooling import POOLERS, l2_normalize
@@ -30,6 +31,7 @@ log = logging.getLogger("edge_embed")
 _ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 THREADS_ENV = "EDGE_EMBED_THREADS"
+MODEL_FORMATS = ("onnx", "ort")
 
 
 @dataclass(frozen=True)
@@ -78,20 +80,40 @@ class Embedder:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | os.PathLike[str], threads: int | None = None, *,
-             verify: bool = False, providers: Sequence[str] | None = None) -> Embedder:
-        """Load a bundle directory.
+    def load(cls, path: str | os.PathLike[str] | ArchiveSource, threads: int | None = None, *,
+             verify: bool = False, providers: Sequence[str] | None = None,
+             model_format: str = "onnx") -> Embedder:
+        """Load a bundle: a directory, a packed ``.edgeembed`` file, its bytes or a binary file object.
 
         threads: intra-op threads for ONNX Runtime (default: $EDGE_EMBED_THREADS, else ORT's
         choice of one per physical core). verify: check every file's sha256 first (sizes are
-        always checked). Any problem with the bundle is a BundleError naming the file.
+        always checked). model_format: "onnx", or "ort" for the bundle's ORT-format model
+        (``edge-embed convert``). Any problem with the bundle is a BundleError naming the file.
+        A packed bundle is read into memory, never unpacked to disk.
         """
-        root = Path(path)
-        manifest = Manifest.read(root)
-        if verify:
-            manifest.verify(root)
+        if model_format not in MODEL_FORMATS:
+            raise InputError(f"model_format: expected one of {MODEL_FORMATS}, got {model_format!r}")
+
+        def model_name(m: Manifest) -> str:
+            name = m.model_file if model_format == "onnx" else m.ort_model_file
+            if name is None:
+                where = path if isinstance(path, (str, os.PathLike)) else "<bundle>"
+                raise BundleError(f"{where!s}: the manifest names no 'ort_model_file'; add one with "
+                                  "'edge-embed convert BUNDLE' or load the ONNX model")
+            return name
+
+        packed = None
+        if is_archive(path):
+            packed = read_archive(path, verify=verify, keep=lambda m: {model_name(m), m.tokenizer_file})
+            root, manifest = Path(packed.label), packed.manifest
         else:
-            manifest.check_present(root)
+            root = Path(path)  # type: ignore[arg-type]
+            manifest = Manifest.read(root)
+            if verify:
+                manifest.verify(root)
+            else:
+                manifest.check_present(root)
+        model_file = model_name(manifest)
         if threads is None and os.environ.get(THREADS_ENV):
             try:
                 threads = int(os.environ[THREADS_ENV])
@@ -100,9 +122,14 @@ class Embedder:
         if threads is not None and (not isinstance(threads, int) or threads < 0):
             raise InputError(f"threads: expected a non-negative integer, got {threads!r}")
 
-        tok_path = root / manifest.tokenizer_file
+        tok_path: Any = packed.where(manifest.tokenizer_file) if packed else root / manifest.tokenizer_file
         try:
-            tokenizer = Tokenizer.from_file(str(tok_path))
+            if packed:
+                tokenizer = Tokenizer.from_str(packed.data(manifest.tokenizer_file).decode("utf-8"))
+            else:
+                tokenizer = Tokenizer.from_file(str(tok_path))
+        except BundleError:
+            raise
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise BundleError(f"{tok_path}: not a readable tokenizers file ({e}); rebuild the bundle") from None
         tokenizer.no_padding()  # we pad per batch, to the batch's own longest text
@@ -114,14 +141,17 @@ class Embedder:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
+        if model_format == "ort":
+            so.add_session_config_entry("session.load_model_format", "ORT")
         available = ort.get_available_providers()
         wanted = list(providers) if providers else ["CPUExecutionProvider"]
         missing = [p for p in wanted if p not in available]
         if missing:
             raise InputError(f"providers: {missing} not available in this onnxruntime; available: {available}")
-        model_path = root / manifest.model_file
+        model_path: Any = packed.where(model_file) if packed else root / model_file
+        model: str | bytes = packed.data(model_file) if packed else str(model_path)
         try:
-            session = ort.InferenceSession(str(model_path), sess_options=so, providers=wanted)
+            session = ort.InferenceSession(model, sess_options=so, providers=wanted)
         except Exception as e:  # ORT raises its own Fail / InvalidGraph / ... types
             raise BundleError(f"{model_path}: onnxruntime cannot load it ({e}); rebuild the bundle") from None
 

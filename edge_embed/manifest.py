@@ -58,6 +58,8 @@ class Manifest:
     files: dict[str, FileEntry]
     model_file: str = "model.onnx"
     tokenizer_file: str = "tokenizer.json"
+    # the same graph in ONNX Runtime's ORT format (for mobile / minimal builds), when converted
+    ort_model_file: str | None = None
     prompts: dict[str, str] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +71,7 @@ class Manifest:
 
     _KNOWN = (
         "format", "name", "dim", "max_length", "pooling", "normalize", "source", "files",
-        "model_file", "tokenizer_file", "prompts", "quantization", "validation", "built_with",
+        "model_file", "tokenizer_file", "ort_model_file", "prompts", "quantization", "validation", "built_with",
     )
 
     # ---------------------------------------------------------------- reading
@@ -130,7 +132,11 @@ class Manifest:
 
         model_file = data.get("model_file", "model.onnx")
         tokenizer_file = data.get("tokenizer_file", "tokenizer.json")
-        for key, value in (("model_file", model_file), ("tokenizer_file", tokenizer_file)):
+        ort_model_file = data.get("ort_model_file")
+        for key, value in (("model_file", model_file), ("tokenizer_file", tokenizer_file),
+                           ("ort_model_file", ort_model_file)):
+            if value is None and key == "ort_model_file":
+                continue
             if value not in files:
                 raise BundleError(f"{where}: '{key}' is {value!r}, which 'files' does not list")
 
@@ -151,7 +157,8 @@ class Manifest:
 
         return cls(
             dim=dim, max_length=max_length, pooling=pooling, normalize=normalize, source=source,
-            files=files, model_file=model_file, tokenizer_file=tokenizer_file, prompts=dict(prompts),
+            files=files, model_file=model_file, tokenizer_file=tokenizer_file,
+            ort_model_file=ort_model_file, prompts=dict(prompts),
             quantization=dicts["quantization"], validation=dicts["validation"],
             built_with=dicts["built_with"], name=name, format=fmt,
             extra={k: v for k, v in data.items() if k not in cls._KNOWN},
@@ -187,6 +194,7 @@ class Manifest:
             "prompts": self.prompts,
             "model_file": self.model_file,
             "tokenizer_file": self.tokenizer_file,
+            **({"ort_model_file": self.ort_model_file} if self.ort_model_file else {}),
             "files": {k: self.files[k].to_dict() for k in sorted(self.files)},
             "quantization": self.quantization,
             "validation": self.validation,

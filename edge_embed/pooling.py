@@ -6,7 +6,7 @@ named by the manifest's ``pooling`` key.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -29,13 +29,15 @@ def mean_pool(hidden: Array, mask: npt.NDArray[np.int64]) -> Array:
     # an all-zero mask cannot come from the tokenizer (it always adds [CLS]/[SEP]),
     # but guard the division the way sentence-transformers does
     counts = np.clip(m.sum(axis=1), 1e-9, None)
-    return (summed / counts).astype(np.float32)
+    pooled: Array = (summed / counts).astype(np.float32)
+    return pooled
 
 
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
     """Rows scaled to unit L2 norm; an all-zero row stays zero instead of NaN."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, eps)).astype(np.float32)
+    unit: Array = (x / np.maximum(norms, eps)).astype(np.float32)
+    return unit
 
 
 POOLERS: dict[str, Callable[[Array, npt.NDArray[np.int64]], Array]] = {

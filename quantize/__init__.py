@@ -1,19 +1,23 @@
 """edge-embed's build pipeline: Hugging Face model -> ONNX -> INT8 -> validated bundle.
 
-Needs the ``build`` extra (torch, transformers, optimum, onnx). The runtime package
-``edge_embed`` never imports this one; this one uses the runtime to validate what ships.
+Needs the ``build`` extra (torch, transformers, optimum, onnx). Starting from an existing
+ONNX file (``--from-onnx``) or converting a bundle to ORT format needs only onnx and
+onnxruntime: torch, transformers and optimum are imported by the export step alone. The
+runtime package ``edge_embed`` never imports this one; this one uses the runtime to
+validate what ships.
 """
 
 from __future__ import annotations
 
 import importlib.util
 
-_NEEDED = ("torch", "transformers", "optimum", "onnx", "onnxruntime")
+_NEEDED = ("onnx", "onnxruntime")
+EXTRA_HINT = "pip install torch==2.13.0 && pip install 'edge-embed[build]'"
 _missing = [m for m in _NEEDED if importlib.util.find_spec(m) is None]
 if _missing:
     raise ImportError(
         f"the edge-embed build pipeline needs {', '.join(_missing)}; install the build extra: "
-        "pip install torch==2.13.0 && pip install 'edge-embed[build]'"
+        + EXTRA_HINT
     )
 
 from edge_embed.errors import EdgeEmbedError  # noqa: E402

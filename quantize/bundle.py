@@ -22,6 +22,7 @@ from edge_embed.manifest import FORMAT
 from . import BuildError, DriftError
 from .calibration import DEFAULT_SIZE, CalibrationSet, TextCalibrationReader, load_calibration
 from .export import export_onnx, fetch, fuse, model_facts, save_tokenizer
+from .from_onnx import prepare_from_onnx
 from .int8 import (
     CALIBRATION_METHODS,
     preset,
@@ -82,13 +83,21 @@ def write_bundle(out: Path, model: Path, tokenizer: Path, recipe: Recipe, source
     return manifest
 
 
-def build(source: str, out: str | Path, method: str = "auto", revision: str | None = None,
+def build(source: str | None, out: str | Path, method: str = "auto", revision: str | None = None,
           pooling: str | None = None, max_length: int | None = None,
           thresholds: dict[str, float] | None = None, force: bool = False,
-          fp32_out: str | Path | None = None, progress: bool = True, calibration: str | None = None,
+          fp32_out: str | Path | None = None, progress: bool = True, *,
+          from_onnx: str | Path | None = None, tokenizer: str | Path | None = None,
+          prompts: dict[str, str] | None = None, ort_format: bool = False, calibration: str | None = None,
           calibration_method: str = "minmax", calibration_size: int = DEFAULT_SIZE, target: str | None = None,
           eval_sts: str | None = None, eval_beir: str | None = None) -> dict[str, Any]:
-    """Build a bundle; returns the validation report (empty for fp32). Raises DriftError."""
+    """Build a bundle; returns the validation report (empty for fp32). Raises DriftError.
+
+    source is a recipe, HF directory or hub id; or None with from_onnx + tokenizer, to start
+    from an existing fp32 ONNX export (no torch needed). ort_format: also write model.ort.
+    method: auto (dynamic INT8 + accuracy-aware fp32 fallback), dynamic, static (needs
+    calibration), fp32. eval_sts / eval_beir add labelled checks to the validation.
+    """
     if method not in METHODS:
         raise BuildError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
     # every input file is read and checked before the slow work starts
@@ -111,7 +120,19 @@ def build(source: str, out: str | Path, method: str = "auto", revision: str | No
     for dest in (out, Path(fp32_out) if fp32_out else None):
         if dest is not None and dest.exists() and not force:
             raise BuildError(f"{dest}: already exists; pass --force to replace it")
-    recipe, load_from = resolve_source(source, revision)
+    if (source is None) == (from_onnx is None):
+        raise BuildError("build: give a SOURCE (recipe, model directory or hub id) or --from-onnx FILE, not both")
+    if from_onnx is not None:
+        if tokenizer is None:
+            raise BuildError(f"{from_onnx}: --from-onnx needs --tokenizer TOKENIZER_JSON")
+        if pooling is None:
+            raise BuildError(f"{from_onnx}: an ONNX file does not say how it pools; pass --pooling cls or "
+                             "--pooling mean")
+        recipe, load_from = Recipe(name=out.name), str(from_onnx)
+    else:
+        recipe, load_from = resolve_source(source or "", revision)
+    if prompts:
+        recipe.prompts.update(prompts)
     if pooling:
         recipe.pooling = pooling
     if max_length:
@@ -122,30 +143,38 @@ def build(source: str, out: str | Path, method: str = "auto", revision: str | No
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     t0 = time.perf_counter()
     try:
-        stage(f"[1/5] resolving {source} -> {load_from}")
-        model_dir, src_facts = fetch(load_from, recipe.revision)
-        fill_from_model_dir(recipe, model_dir)
-        if recipe.pooling not in ("cls", "mean"):
-            raise BuildError(f"{source}: pooling unknown (no recipe and no sentence-transformers config); "
-                             "pass --pooling cls or --pooling mean")
-        facts = model_facts(model_dir)
-        if recipe.hf_id and src_facts.get("model_id") != recipe.hf_id:
-            src_facts = {"model_id": recipe.hf_id, "recipe": recipe.name, **{k: v for k, v in src_facts.items()
-                                                                             if k != "model_id"}}
-        limit = facts.get("max_position_embeddings") or 512
-        max_len = min(recipe.max_length or limit, limit)
-
-        stage("[2/5] exporting to ONNX with optimum (fp32)")
-        raw = export_onnx(model_dir, work / "export")
-        save_tokenizer(model_dir, work / "tokenizer.json", max_len)
-        fp32_model = work / "fp32.onnx"
-        fused: dict[str, int] = {}
-        if recipe.quantization.get("fuse", True) and facts.get("model_type") == "bert":
-            stage("      fusing BERT graph (Attention, SkipLayerNorm, BiasGelu)")
-            fused = fuse(raw, fp32_model, facts.get("num_heads") or 0, facts.get("hidden_size") or 0)
+        if from_onnx is not None:
+            stage(f"[1/5] reading {from_onnx} and {tokenizer}")
+            stage("[2/5] no export: the given fp32 ONNX (fused when it is a BERT graph) is the reference")
+            prep = prepare_from_onnx(Path(from_onnx), Path(tokenizer or ""), work, recipe.max_length,
+                                     fuse=recipe.quantization.get("fuse", True))
+            fp32_model, dim, max_len = prep["fp32_model"], prep["dim"], prep["max_length"]
+            src_facts, fused = prep["source"], prep["fused"]
         else:
-            shutil.copyfile(raw, fp32_model)
-        dim = int(facts.get("hidden_size") or 0)
+            stage(f"[1/5] resolving {source} -> {load_from}")
+            model_dir, src_facts = fetch(load_from, recipe.revision)
+            fill_from_model_dir(recipe, model_dir)
+            if recipe.pooling not in ("cls", "mean"):
+                raise BuildError(f"{source}: pooling unknown (no recipe and no sentence-transformers config); "
+                                 "pass --pooling cls or --pooling mean")
+            facts = model_facts(model_dir)
+            if recipe.hf_id and src_facts.get("model_id") != recipe.hf_id:
+                src_facts = {"model_id": recipe.hf_id, "recipe": recipe.name, **{k: v for k, v in src_facts.items()
+                                                                                 if k != "model_id"}}
+            limit = facts.get("max_position_embeddings") or 512
+            max_len = min(recipe.max_length or limit, limit)
+
+            stage("[2/5] exporting to ONNX with optimum (fp32)")
+            raw = export_onnx(model_dir, work / "export")
+            save_tokenizer(model_dir, work / "tokenizer.json", max_len)
+            fp32_model = work / "fp32.onnx"
+            fused = {}
+            if recipe.quantization.get("fuse", True) and facts.get("model_type") == "bert":
+                stage("      fusing BERT graph (Attention, SkipLayerNorm, BiasGelu)")
+                fused = fuse(raw, fp32_model, facts.get("num_heads") or 0, facts.get("hidden_size") or 0)
+            else:
+                shutil.copyfile(raw, fp32_model)
+            dim = int(facts.get("hidden_size") or 0)
 
         fp32_dir = work / "fp32-bundle"
         write_bundle(fp32_dir, fp32_model, work / "tokenizer.json", recipe, src_facts, dim, max_len,
@@ -158,8 +187,8 @@ def build(source: str, out: str | Path, method: str = "auto", revision: str | No
             final = fp32_dir
         else:
             report, qfacts, q_model = _quantize_and_validate(
-                source, method, work, fp32_model, fp32_dir, recipe, src_facts, dim, max_len, target_name,
-                calib, calibration_method, checks, progress)
+                source or str(from_onnx), method, work, fp32_model, fp32_dir, recipe, src_facts, dim, max_len,
+                target_name, calib, calibration_method, checks, progress)
             qfacts["graph_fusion"] = fused
             final = work / "int8-bundle"
             write_bundle(final, q_model, work / "tokenizer.json", recipe, src_facts, dim, max_len, qfacts, report)
@@ -168,6 +197,11 @@ def build(source: str, out: str | Path, method: str = "auto", revision: str | No
         if fp32_out:
             _place(fp32_dir, Path(fp32_out), force)
         _place(final, out, force)
+        if ort_format:
+            stage("      converting to ORT format (model.ort + required_operators_and_types.config)")
+            from .ort_format import convert_bundle
+
+            convert_bundle(out)
         Manifest.read(out).verify(out)
         stage(f"done in {time.perf_counter() - t0:.0f} s: {out}")
         return report

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import BuildError
+from . import EXTRA_HINT, BuildError
 
 __all__ = ["fetch", "export_onnx", "save_tokenizer", "fuse"]
 
@@ -21,23 +21,52 @@ log = logging.getLogger("quantize")
 _HUB_FILES = ["*.json", "*.txt", "*.safetensors", "*.model", "1_Pooling/*"]
 
 
+HUB_TIMEOUT_ENV = "HF_HUB_ETAG_TIMEOUT"
+
+
+def _offline_error(load_from: str, why: str) -> BuildError:
+    return BuildError(
+        f"{load_from}: {why} and the model is not in the Hugging Face cache; download it on a connected "
+        "machine (huggingface-cli download ID --local-dir DIR) and pass the local directory: "
+        "edge-embed build DIR -o OUT"
+    )
+
+
 def fetch(load_from: str, revision: str | None) -> tuple[Path, dict[str, Any]]:
-    """A local model directory for load_from, plus source facts for the manifest."""
+    """A local model directory for load_from, plus source facts for the manifest.
+
+    A hub id is resolved to a commit first with a bounded request ($HF_HUB_ETAG_TIMEOUT
+    seconds, default 10): huggingface_hub's own repo_info call inside snapshot_download
+    has no timeout and waits forever on a network that drops packets. Unreachable hub
+    -> the cached snapshot of that revision, if any, else a BuildError saying what to do.
+    """
     p = Path(load_from)
     if p.is_dir():
         return p, {"model_id": load_from, "revision": revision, "local_path": str(p.resolve())}
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    import requests
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    timeout = float(os.environ.get(HUB_TIMEOUT_ENV) or 10)
+    offline = bool(constants.HF_HUB_OFFLINE)
+    why = "the Hugging Face hub is not reachable (HF_HUB_OFFLINE is set)"
+    target = revision
+    if not offline:
+        try:
+            target = HfApi().repo_info(load_from, revision=revision, timeout=timeout).sha or revision
+        except (requests.ConnectionError, requests.Timeout, OfflineModeIsEnabled) as e:
+            log.info("hub not reachable (%s); trying the local cache", type(e).__name__)
+            why = f"the Hugging Face hub is not reachable ({type(e).__name__}, {timeout:g} s timeout)"
+            offline = True
+        except Exception as e:  # RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError, HTTP errors
+            raise BuildError(f"{load_from}: cannot resolve on the Hugging Face hub ({type(e).__name__}: {e}); "
+                             "check the id and --revision") from None
     try:
-        local = snapshot_download(load_from, revision=revision, allow_patterns=_HUB_FILES, etag_timeout=15)
+        local = snapshot_download(load_from, revision=target, allow_patterns=_HUB_FILES, etag_timeout=timeout,
+                                  local_files_only=offline)
     except LocalEntryNotFoundError:
-        raise BuildError(
-            f"{load_from}: the Hugging Face hub is not reachable and the model is not cached "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}); download it on a connected "
-            "machine and pass the local directory: edge-embed build /path/to/model -o OUT"
-        ) from None
-    except Exception as e:  # RepositoryNotFoundError, RevisionNotFoundError, HTTP errors
+        raise _offline_error(load_from, why) from None
+    except Exception as e:  # HTTP errors while downloading
         raise BuildError(f"{load_from}: cannot fetch from the Hugging Face hub ({type(e).__name__}: {e})") from None
     resolved = Path(local).name  # snapshot folders are named by commit sha
     return Path(local), {"model_id": load_from, "revision": resolved, "requested_revision": revision}
@@ -45,7 +74,11 @@ def fetch(load_from: str, revision: str | None) -> tuple[Path, dict[str, Any]]:
 
 def export_onnx(model_dir: Path, out_dir: Path, opset: int | None = None) -> Path:
     """Export with optimum (feature-extraction: last_hidden_state, dynamic batch and sequence)."""
-    from optimum.exporters.onnx import main_export
+    try:
+        from optimum.exporters.onnx import main_export
+    except ImportError as e:
+        raise BuildError(f"{model_dir}: exporting from PyTorch needs torch, transformers and optimum ({e}); "
+                         f"{EXTRA_HINT}, or start from an ONNX file with --from-onnx") from None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -74,8 +107,11 @@ def fuse(model_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> 
 
 def save_tokenizer(model_dir: Path, out_path: Path, max_length: int) -> None:
     """One tokenizer.json: no fixed padding (the runtime pads per batch), truncation at max_length."""
-    from transformers import AutoTokenizer
-
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise BuildError(f"{model_dir}: reading a Hugging Face tokenizer needs transformers ({e}); "
+                         f"{EXTRA_HINT}, or pass a tokenizer.json with --from-onnx --tokenizer") from None
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as e:

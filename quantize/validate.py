@@ -66,7 +66,7 @@ def compare(ref: np.ndarray, got: np.ndarray, k: int = TOPK) -> dict[str, float]
         np.fill_diagonal(sg, -np.inf)
         top_r = np.argsort(-sr, axis=1)[:, :k]
         top_g = np.argsort(-sg, axis=1)[:, :k]
-        overlap = [len(set(a) & set(b)) / k for a, b in zip(top_r, top_g)]
+        overlap = [len(set(a) & set(b)) / k for a, b in zip(top_r, top_g, strict=True)]
         out[f"top{k}_overlap"] = float(np.mean(overlap))
     return out
 

@@ -1,0 +1,225 @@
+"""Shipping bundles: ORT format, builds from an existing ONNX (no torch), reproducibility, hub failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_embed import BundleError, Embedder, Manifest
+from tests.conftest import REPO, run_cli
+
+# a random tiny BERT drifts more than a trained model under INT8: loose thresholds, same code path
+# (a tiny model is mostly graph overhead, so the INT8 size ceiling does not apply either)
+TINY_THRESHOLDS = ["--threshold", "cosine_mean=0.9", "--threshold", "cosine_p1=0.8",
+                   "--threshold", "cosine_min=0.5", "--threshold", "top10_overlap=0.3",
+                   "--threshold", "model_size_ratio=1"]
+
+
+# ---------------------------------------------------------------------- ORT format
+@pytest.fixture(scope="module")
+def converted(minilm_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    bundle = tmp_path_factory.mktemp("ort") / "minilm-int8"
+    shutil.copytree(minilm_int8, bundle)
+    r = run_cli("convert", str(bundle))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "wrote model.ort and required_operators_and_types.config" in r.stdout
+    return bundle
+
+
+def test_convert_writes_ort_model_and_operator_config(converted: Path) -> None:
+    m = Manifest.read(converted)
+    m.verify(converted)
+    assert m.model_file == "model.onnx" and m.ort_model_file == "model.ort"
+    assert {"model.onnx", "model.ort", "required_operators_and_types.config"} <= set(m.files)
+    assert m.extra["ort_format"]["optimization_style"] == "Fixed"
+    config = (converted / "required_operators_and_types.config").read_text()
+    # the fused INT8 graph's contrib ops, in the format ORT's minimal-build script reads
+    assert "com.microsoft;1;" in config and "DynamicQuantizeMatMul" in config
+    assert "ai.onnx;" in config and "# - model.ort\n" in config and "/tmp" not in config  # no absolute paths
+    assert (converted / "model.ort").read_bytes()[4:8] == b"ORTM"  # flatbuffers file identifier
+
+
+def test_ort_model_embeds_like_the_onnx_model(converted: Path) -> None:
+    from quantize.validate import load_probes
+
+    probes = load_probes()
+    onnx_vecs = Embedder.load(converted).embed_detailed(probes).vectors
+    ort_emb = Embedder.load(converted, model_format="ort", verify=True)
+    assert ort_emb.session._model_path.endswith("model.ort")
+    diff = float(np.abs(ort_emb.embed_detailed(probes).vectors - onnx_vecs).max())
+    assert diff <= 1e-6, diff
+
+
+def test_ort_model_from_a_packed_bundle(converted: Path, tmp_path: Path) -> None:
+    r = run_cli("pack", str(converted), "-o", str(tmp_path / "m.edgeembed"))
+    assert r.returncode == 0, r.stderr
+    data = (tmp_path / "m.edgeembed").read_bytes()
+    texts = ["ship it", "inside an app"]
+    want = Embedder.load(converted, model_format="ort").embed(texts)
+    np.testing.assert_array_equal(Embedder.load(data, model_format="ort").embed(texts), want)
+    r = run_cli("embed", "-m", str(tmp_path / "m.edgeembed"), "--model-format", "ort", *texts)
+    assert r.returncode == 0, r.stderr
+    got = np.array([json.loads(line)["embedding"] for line in r.stdout.splitlines()], dtype=np.float32)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_ort_format_requested_but_absent(minilm_int8: Path) -> None:
+    with pytest.raises(BundleError, match="names no 'ort_model_file'.*edge-embed convert"):
+        Embedder.load(minilm_int8, model_format="ort")
+    r = run_cli("embed", "-m", str(minilm_int8), "--model-format", "ort", "x")
+    assert r.returncode == 1 and "edge-embed convert" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------- --from-onnx without torch
+def _torch_free_site(root: Path) -> Path:
+    """site-packages without torch, transformers and optimum: what a user with only onnx + onnxruntime has."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    farm = root / "site"
+    farm.mkdir()
+    blocked = ("torch", "functorch", "torchgen", "transformers", "optimum")
+    for entry in site.iterdir():
+        if entry.name.split("-")[0].split(".")[0] in blocked:
+            continue
+        (farm / entry.name).symlink_to(entry)
+    return farm
+
+
+def _run_torch_free(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # -S: no site-packages of the venv; PYTHONPATH gives the torch-free copy of it plus the checkout
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+    return subprocess.run([sys.executable, "-S", "-m", "edge_embed.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_from_onnx_build_needs_no_torch(tiny_cls: Path, tmp_path: Path) -> None:
+    site = _torch_free_site(tmp_path)
+    probe = _run_torch_free(site, "--version")
+    assert probe.returncode == 0, probe.stderr
+    check = subprocess.run([sys.executable, "-S", "-c", "import importlib.util as u; "
+                            "print([m for m in ('torch', 'transformers', 'optimum', 'onnx') if u.find_spec(m)])"],
+                           env={"PYTHONPATH": str(site)}, capture_output=True, text=True)
+    assert check.stdout.strip() == "['onnx']", check.stdout + check.stderr
+
+    out = tmp_path / "from-onnx"
+    r = _run_torch_free(site, "build", "--from-onnx", str(tiny_cls / "model.onnx"),
+                        "--tokenizer", str(tiny_cls / "tokenizer.json"), "--pooling", "cls", "--max-length", "48",
+                        "--prompt", "query=search: ", "--ort-format", "--method", "dynamic", "-o", str(out),
+                        *TINY_THRESHOLDS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[4/5] validating" in r.stderr
+    m = Manifest.read(out)
+    m.verify(out)
+    assert (m.pooling, m.max_length, m.dim, m.prompts) == ("cls", 48, 32, {"query": "search: "})
+    assert m.quantization["method"] == "dynamic" and m.validation["passed"] is True
+    assert m.source["model_id"] == "model.onnx" and len(m.source["onnx_sha256"]) == 64
+    assert m.ort_model_file == "model.ort"
+    ref = Embedder.load(tiny_cls)
+    emb = Embedder.load(out)
+    texts = ["hello world", "what is onnx?", "the cat and the dog in the house"]
+    cos = (ref.embed(texts) * emb.embed(texts)).sum(axis=1)
+    assert cos.min() > 0.9, cos  # an INT8 copy of the very model it was given
+    np.testing.assert_allclose(Embedder.load(out, model_format="ort").embed(texts), emb.embed(texts), atol=1e-6)
+    assert emb.encode(["x"], prompt="query")[0].tokens[:3] == ["[CLS]", "search", ":"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from-onnx", "{onnx}", "--pooling", "cls"], "--from-onnx needs --tokenizer"),
+        (["--from-onnx", "{onnx}", "--tokenizer", "{tok}"], "pass --pooling cls or --pooling mean"),
+        (["all-minilm-l6-v2", "--from-onnx", "{onnx}"], "give a SOURCE"),
+        ([], "give a SOURCE"),
+        (["--from-onnx", "{tok}", "--tokenizer", "{tok}", "--pooling", "cls"], "not a readable ONNX model"),
+        (["--from-onnx", "{onnx}", "--tokenizer", "{onnx}", "--pooling", "cls"], "not a tokenizers JSON file"),
+        (["x", "--prompt", "noequals"], "--prompt: expected NAME=PREFIX"),
+    ],
+)
+def test_from_onnx_usage_errors(tiny_cls: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    args = [a.format(onnx=tiny_cls / "model.onnx", tok=tiny_cls / "tokenizer.json") for a in args]
+    r = run_cli("build", *args, "-o", str(tmp_path / "x"))
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------- reproducibility
+def _build(src: str, out: Path, *extra: str) -> Manifest:
+    r = run_cli("build", src, "-o", str(out), *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return Manifest.read(out)
+
+
+def test_tiny_dynamic_build_is_byte_reproducible(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    args = ("--pooling", "cls", *TINY_THRESHOLDS)
+    a = _build(str(tiny_bert_dir), tmp_path / "a" / "tiny", *args)
+    b = _build(str(tiny_bert_dir), tmp_path / "b" / "tiny", *args)
+    assert (tmp_path / "a/tiny/model.onnx").read_bytes() == (tmp_path / "b/tiny/model.onnx").read_bytes()
+    assert a.files == b.files
+    # the whole manifest, validation figures included, is the same
+    assert (tmp_path / "a/tiny/manifest.json").read_bytes() == (tmp_path / "b/tiny/manifest.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_minilm_dynamic_build_is_byte_reproducible(minilm_int8: Path, tmp_path: Path) -> None:
+    again = _build("all-minilm-l6-v2", tmp_path / "minilm-int8")
+    first = Manifest.read(minilm_int8)
+    assert again.files["model.onnx"] == first.files["model.onnx"]
+    assert (tmp_path / "minilm-int8/model.onnx").read_bytes() == (minilm_int8 / "model.onnx").read_bytes()
+    assert again.files == first.files and again.validation == first.validation
+
+
+# ---------------------------------------------------------------------- hub: fail fast, never hang
+@pytest.fixture
+def silent_hub() -> Iterator[str]:
+    """An HTTP endpoint that accepts connections and never answers: a hub behind a dropping firewall."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    t.join(timeout=2)
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def test_hub_that_never_answers_fails_within_the_timeout(silent_hub: str, tmp_path: Path) -> None:
+    # huggingface_hub's own repo_info has no timeout: without the bounded resolve this waits forever
+    r = run_cli("build", "BAAI/bge-base-en-v1.5", "-o", str(tmp_path / "bge"), timeout=90,
+                env={"HF_ENDPOINT": silent_hub, "HF_HUB_ETAG_TIMEOUT": "2", "HF_HOME": str(tmp_path / "hf"),
+                     "HF_HUB_OFFLINE": "0"})
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "not reachable" in r.stderr and "pass the local directory" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "bge").exists()
+
+
+def test_hub_offline_is_a_clear_error(tmp_path: Path) -> None:
+    r = run_cli("build", "BAAI/bge-base-en-v1.5", "--revision", "main", "-o", str(tmp_path / "bge"), timeout=90,
+                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert r.returncode == 1
+    assert "HF_HUB_OFFLINE is set" in r.stderr and "edge-embed build DIR -o OUT" in r.stderr
+    assert len(r.stderr.strip().splitlines()[-1:]) == 1 and "Traceback" not in r.stderr
