@@ -113,3 +113,16 @@ def test_ndcg_at_10_on_a_hand_made_beir_folder(tmp_path: Path) -> None:
     dcg = 3 / math.log2(3) + 1 / math.log2(4)
     assert got == pytest.approx(dcg / (3 / math.log2(2) + 1 / math.log2(3)))
     assert ndcg_at_k(beir, np.array([[0.6, 0.8]]), docs) == pytest.approx(1.0)
+
+
+def test_cpu_presets() -> None:
+    from quantize import BuildError
+    from quantize.int8 import TARGETS, detect_target, preset
+
+    assert detect_target() in TARGETS
+    assert preset("avx2")[1]["reduce_range"] is True  # no VNNI: 7-bit weights avoid saturation
+    assert preset("avx512-vnni")[1] == {"weight_type": "int8", "activation_type": "uint8", "reduce_range": False}
+    assert preset("arm64")[1]["activation_type"] == "int8"
+    assert preset(None)[0] == detect_target()
+    with pytest.raises(BuildError, match="--target: 'sse2' is not one of"):
+        preset("sse2")
