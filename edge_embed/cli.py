@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ort-format", action="store_true",
                    help="also write model.ort + required_operators_and_types.config (ONNX Runtime Mobile)")
     b.add_argument("-o", "--output", required=True, help="bundle directory to write")
-    b.add_argument("--method", default="auto", choices=("auto", "dynamic", "static", "fp32"),
+    b.add_argument("--method", default="auto",
                    help="auto (default): dynamic INT8, sensitive nodes kept fp32 until the thresholds pass; "
                         "dynamic; static (needs --calibration); fp32")
     b.add_argument("--calibration", metavar="FILE", help="static: calibration texts, one per line or JSONL 'text'")
