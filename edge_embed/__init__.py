@@ -7,7 +7,7 @@ in the separate ``quantize`` package (``pip install 'edge-embed[build]'``).
 from __future__ import annotations
 
 from .embedder import Embedder, EmbedResult
-from .errors import BundleError, EdgeEmbedError, InputError
+from .errors import BundleError, EdgeEmbedError, InputError, SelfCheckError
 from .manifest import FORMAT, Manifest
 
 __version__ = "0.1.0"
@@ -20,5 +20,6 @@ __all__ = [
     "Embedder",
     "InputError",
     "Manifest",
+    "SelfCheckError",
     "__version__",
 ]

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
@@ -167,6 +168,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         _print_info(m, args.bundle)
     if args.verify:
         print(f"verified: {len(m.files)} files match their sha256")
+    if args.self_check:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            emb = Embedder.load(args.bundle, threads=args.threads,
+                                self_check="warn" if args.self_check == "warn" else True)
+        for w in caught:
+            _err(f"warning: {w.message}")
+        if emb.self_check_result is not None:
+            print(emb.self_check_result.summary(), file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -248,6 +258,75 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- eval
+def _eval_one(path: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from .evaluate import eval_beir, eval_sts
+
+    emb = Embedder.load(path, threads=args.threads)
+    show = not args.quiet
+    if show:
+        sys.stderr.write(f"evaluating {path}\n")
+
+    def embed(texts: list[str], prompt: str | None) -> np.ndarray:
+        return emb.embed(texts, prompt=prompt, batch_size=args.batch_size)
+
+    out = [eval_sts(embed, _sts_file(f, args.split), progress=show) for f in args.sts or []]
+    query = "query" if "query" in emb.prompts else None
+    out += [eval_beir(embed, d, args.split, query_prompt=query, progress=show) for d in args.beir or []]
+    return out
+
+
+def _sts_file(path: str, split: str) -> str:
+    # a folder of STS files (like stsb/) takes --split as the file name
+    return os.path.join(path, f"{split}.tsv") if os.path.isdir(path) else path
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if not args.model:
+        raise InputError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
+    if not args.sts and not args.beir:
+        raise InputError("eval: nothing to evaluate; give --sts FILE and/or --beir DIR")
+    results = _eval_one(args.model, args)
+    ref = _eval_one(args.reference, args) if args.reference else None
+    metrics = ("cosine_spearman", "ndcg@10", "recall@100")
+    rows = []
+    for i, r in enumerate(results):
+        for m in metrics:
+            if m in r:
+                row: dict[str, Any] = {"data": r["data"], "metric": m, "bundle": r[m]}
+                if ref is not None:
+                    row["reference"] = ref[i][m]
+                    row["retained_pct"] = 100.0 * r[m] / ref[i][m] if ref[i][m] else float("nan")
+                rows.append(row)
+    if args.json:
+        print(json.dumps({"bundle": args.model, "reference": args.reference, "rows": rows,
+                          "details": results, "reference_details": ref}, indent=2))
+        return 0
+    width = max(len(r["data"]) for r in rows)
+    head = f"{'data':<{width}}  {'metric':<15} {'bundle':>8}"
+    if ref is not None:
+        head += f" {'reference':>9} {'retained':>9}"
+    print(head)
+    for r in rows:
+        line = f"{r['data']:<{width}}  {r['metric']:<15} {r['bundle']:>8.2f}"
+        if ref is not None:
+            line += f" {r['reference']:>9.2f} {r['retained_pct']:>8.2f}%"
+        print(line)
+    return 0
+
+
+# ---------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_report, run_bench
+
+    if not args.model:
+        raise InputError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
+    report = run_bench([args.model, *(args.vs or [])], threads=args.threads, seconds=args.seconds,
+                       cold_runs=args.cold_runs, progress=not args.quiet)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-embed", description="Small, fast, verified sentence embeddings.")
@@ -276,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle", help="bundle directory or packed .edgeembed file")
     i.add_argument("--verify", action="store_true", help="check every file's sha256")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.add_argument("--self-check", nargs="?", const="raise", choices=("raise", "warn"), default=None,
+                   help="embed the bundle's probe texts on this device and compare with their fp32 "
+                        "references; exit 1 below the manifest's threshold (or only warn: --self-check warn)")
+    i.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (self-check)")
     i.set_defaults(func=cmd_info)
 
     k = sub.add_parser("pack", help="verify a bundle directory and pack it into one .edgeembed file")
@@ -316,6 +399,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fp32-out", help="also write the fp32 reference bundle here")
     b.add_argument("--force", action="store_true", help="replace an existing output")
     b.set_defaults(func=cmd_build)
+    ev = sub.add_parser("eval", help="quality on STS files and BEIR folders (MTEB protocol)")
+    ev.add_argument("-m", "--model", default=os.environ.get(MODEL_ENV), help=f"bundle directory (${MODEL_ENV})")
+    ev.add_argument("--sts", action="append", metavar="FILE",
+                    help="score<TAB>s1<TAB>s2 file with a header (or a folder of <split>.tsv); repeatable")
+    ev.add_argument("--beir", action="append", metavar="DIR",
+                    help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv; repeatable")
+    ev.add_argument("--reference", metavar="BUNDLE",
+                    help="evaluate this bundle too (e.g. fp32) and show the share retained")
+    ev.add_argument("--split", default="test", help="qrels split (and STS file in a folder), default test")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    ev.add_argument("--json", action="store_true", help="print the results as JSON")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    ev.set_defaults(func=cmd_eval)
+
+    be = sub.add_parser("bench", help="speed, latency, cold start, memory and size of bundles")
+    be.add_argument("-m", "--model", default=os.environ.get(MODEL_ENV), help=f"bundle directory (${MODEL_ENV})")
+    be.add_argument("--vs", action="append", metavar="BUNDLE", help="another bundle to measure alongside; repeatable")
+    be.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    be.add_argument("--seconds", type=float, default=2.0, help="time spent per measurement (default 2)")
+    be.add_argument("--cold-runs", type=int, default=3, help="fresh processes timed for cold start (median)")
+    be.add_argument("--json", action="store_true", help="print the report as JSON")
+    be.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    be.set_defaults(func=cmd_bench)
     return p
 
 

@@ -23,6 +23,8 @@ from .archive import ArchiveSource, is_archive, read_archive
 from .errors import BundleError, InputError
 from .manifest import Manifest
 from .pooling import POOLERS, l2_normalize
+from .selfcheck import SelfCheckResult, probe_file
+from .selfcheck import self_check as run_self_check
 
 __all__ = ["EmbedResult", "Embedder"]
 
@@ -69,8 +71,8 @@ class Embedder:
         self.manifest = manifest
         self.session = session
         self._tok = tokenizer
-        self._tok_full = Tokenizer.from_str(tokenizer.to_str())
-        self._tok_full.no_truncation()
+        self.self_check_result: SelfCheckResult | None = None  # set by load(self_check=...)
+        self._tok_full: Tokenizer | None = None  # built on first token_count(): copying costs ~0.1 s of cold start
         self._pool = POOLERS[manifest.pooling]
         self._inputs = {i.name: _ORT_INT_TYPES[i.type] for i in session.get_inputs()}
         outputs = session.get_outputs()
@@ -82,7 +84,7 @@ class Embedder:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | ArchiveSource, threads: int | None = None, *,
              verify: bool = False, providers: Sequence[str] | None = None,
-             model_format: str = "onnx") -> Embedder:
+             model_format: str = "onnx", self_check: bool | str = False) -> Embedder:
         """Load a bundle: a directory, a packed ``.edgeembed`` file, its bytes or a binary file object.
 
         threads: intra-op threads for ONNX Runtime (default: $EDGE_EMBED_THREADS, else ORT's
@@ -90,9 +92,15 @@ class Embedder:
         always checked). model_format: "onnx", or "ort" for the bundle's ORT-format model
         (``edge-embed convert``). Any problem with the bundle is a BundleError naming the file.
         A packed bundle is read into memory, never unpacked to disk.
+        self_check: embed the bundle's stored probe texts and compare with their fp32
+        reference vectors; True raises SelfCheckError below the manifest's threshold,
+        "warn" issues a SelfCheckWarning instead (see edge_embed.selfcheck). The result is
+        kept as ``self_check_result``.
         """
         if model_format not in MODEL_FORMATS:
             raise InputError(f"model_format: expected one of {MODEL_FORMATS}, got {model_format!r}")
+        if self_check not in (False, True, "warn"):
+            raise InputError(f"self_check: expected True, False or 'warn', got {self_check!r}")
 
         def model_name(m: Manifest) -> str:
             name = m.model_file if model_format == "onnx" else m.ort_model_file
@@ -104,7 +112,11 @@ class Embedder:
 
         packed = None
         if is_archive(path):
-            packed = read_archive(path, verify=verify, keep=lambda m: {model_name(m), m.tokenizer_file})
+            def keep(m: Manifest) -> set[str]:
+                probes = probe_file(m) if self_check else None
+                return {model_name(m), m.tokenizer_file} | ({probes} if probes else set())
+
+            packed = read_archive(path, verify=verify, keep=keep)
             root, manifest = Path(packed.label), packed.manifest
         else:
             root = Path(path)  # type: ignore[arg-type]
@@ -165,6 +177,11 @@ class Embedder:
         emb = cls(root, manifest, session, tokenizer)
         if emb._output_rank not in (2, 3):
             raise BundleError(f"{model_path}: output {emb._output!r} has rank {emb._output_rank}, expected 2 or 3")
+        if self_check:
+            name = probe_file(manifest)
+            probes = packed.data(name) if packed and name else None
+            emb.self_check_result = run_self_check(emb, on_fail="warn" if self_check == "warn" else "raise",
+                                                   data=probes)
         return emb
 
     # ------------------------------------------------------------------ properties
@@ -206,6 +223,9 @@ class Embedder:
         prefix = self._prefix(prompt)
         if not items:
             return []
+        if self._tok_full is None:
+            self._tok_full = Tokenizer.from_str(self._tok.to_str())
+            self._tok_full.no_truncation()
         return [len(e.ids) for e in self._tok_full.encode_batch([prefix + t for t in items])]
 
     def embed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32) -> npt.NDArray[np.float32]:

@@ -6,7 +6,7 @@ onnxruntime, so the errors can be caught by code that never loads a model.
 
 from __future__ import annotations
 
-__all__ = ["BundleError", "EdgeEmbedError", "InputError"]
+__all__ = ["BundleError", "EdgeEmbedError", "InputError", "SelfCheckError"]
 
 
 class EdgeEmbedError(Exception):
@@ -19,3 +19,7 @@ class BundleError(EdgeEmbedError):
 
 class InputError(EdgeEmbedError, ValueError):
     """The caller passed something embed() can't use."""
+
+
+class SelfCheckError(EdgeEmbedError):
+    """A bundle's stored probes embed wrongly on this device (a CPU/kernel problem, not a file problem)."""

@@ -32,6 +32,7 @@ from .int8 import (
     with_types,
 )
 from .recipe import Recipe, fill_from_model_dir, resolve_source
+from .selfcheck import FP32_MIN_COSINE, add_self_check
 from .tune import mixed_precision, sensitivity
 from .validate import LabelledChecks, check_thresholds, compare, drift_report, embed_with_progress, load_probes
 
@@ -179,6 +180,7 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
         fp32_dir = work / "fp32-bundle"
         write_bundle(fp32_dir, fp32_model, work / "tokenizer.json", recipe, src_facts, dim, max_len,
                      {"method": "fp32", "graph_fusion": fused}, None)
+        add_self_check(fp32_dir, Embedder.load(fp32_dir), FP32_MIN_COSINE)
 
         if method == "fp32":
             stage("[3/5] no quantization requested (fp32 bundle)")
@@ -192,6 +194,8 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
             qfacts["graph_fusion"] = fused
             final = work / "int8-bundle"
             write_bundle(final, q_model, work / "tokenizer.json", recipe, src_facts, dim, max_len, qfacts, report)
+            # the device-side check holds the INT8 bundle to its own fidelity floor
+            add_self_check(final, Embedder.load(fp32_dir), recipe.thresholds.get("cosine_min", 0.97))
 
         stage(f"[5/5] writing {out}")
         if fp32_out:

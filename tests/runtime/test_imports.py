@@ -14,7 +14,7 @@ BUILD = ("torch", "transformers", "optimum", "onnx", "quantize", "neural_compres
 
 def test_runtime_imports_no_build_stack() -> None:
     code = (
-        "import sys, edge_embed, edge_embed.cli, edge_embed.embedder, edge_embed.manifest\n"
+        "import sys, edge_embed, edge_embed.cli, edge_embed.embedder, edge_embed.manifest, edge_embed.selfcheck\n"
         f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({BUILD!r}))\n"
         "print(','.join(bad))\n"
     )
@@ -25,7 +25,7 @@ def test_runtime_imports_no_build_stack() -> None:
 def test_public_api_is_pinned() -> None:
     assert sorted(edge_embed.__all__) == sorted([
         "FORMAT", "BundleError", "EdgeEmbedError", "EmbedResult", "Embedder", "InputError", "Manifest",
-        "__version__",
+        "SelfCheckError", "__version__",
     ])
     for name in edge_embed.__all__:
         assert hasattr(edge_embed, name)
@@ -35,3 +35,4 @@ def test_error_hierarchy() -> None:
     assert issubclass(edge_embed.BundleError, edge_embed.EdgeEmbedError)
     assert issubclass(edge_embed.InputError, edge_embed.EdgeEmbedError)
     assert issubclass(edge_embed.InputError, ValueError)
+    assert issubclass(edge_embed.SelfCheckError, edge_embed.EdgeEmbedError)
