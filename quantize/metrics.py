@@ -1,14 +1,14 @@
 """Labelled quality checks for a build: STS Spearman and BEIR-style retrieval nDCG@10.
 
-Readers for the two file formats and the two metrics, kept small and free of model code
-so they can be unified with a runtime-side evaluator later. They compare a quantized
-model with its fp32 reference; they are not a benchmark harness (no MTEB, no caching).
+The metrics themselves are the runtime's (``edge_embed.evaluate``, the ``eval`` verb's),
+so a build and ``edge-embed eval`` score alike. This module adds readers that fail with
+build-side errors naming file and line, and the batch form the build's checks need. It
+compares a quantized model with its fp32 reference; it is not a benchmark harness.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +59,9 @@ def load_sts(path: str | Path) -> StsSet:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
+    from edge_embed.evaluate import spearman as rho
 
-    return float(spearmanr(a, b).statistic)
+    return rho(a, b)
 
 
 def sts_spearman(sts: StsSet, first: np.ndarray, second: np.ndarray) -> float:
@@ -132,15 +132,13 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirSet:
 
 def ndcg_at_k(beir: BeirSet, query_vecs: np.ndarray, doc_vecs: np.ndarray, k: int = 10) -> float:
     """Mean nDCG@k over the judged queries, cosine ranking, gains 2^rel - 1 (BEIR/trec_eval)."""
+    from edge_embed.evaluate import ndcg_at_k as one_query
+
     q = query_vecs / np.linalg.norm(query_vecs, axis=1, keepdims=True)
     d = doc_vecs / np.linalg.norm(doc_vecs, axis=1, keepdims=True)
     scores = q @ d.T
     total = 0.0
     for i, qid in enumerate(beir.query_ids):
-        rels = beir.qrels[qid]
         top = np.argsort(-scores[i], kind="stable")[:k]
-        dcg = sum((2 ** rels.get(beir.doc_ids[j], 0) - 1) / math.log2(r + 2) for r, j in enumerate(top))
-        ideal = sorted(rels.values(), reverse=True)[:k]
-        idcg = sum((2 ** g - 1) / math.log2(r + 2) for r, g in enumerate(ideal))
-        total += dcg / idcg if idcg > 0 else 0.0
+        total += one_query([beir.doc_ids[j] for j in top], beir.qrels[qid], k)
     return total / len(beir.query_ids)
