@@ -244,16 +244,16 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise InputError(f"--threshold: expected KEY=NUMBER, got {item!r}") from None
         if not sep:
             raise InputError(f"--threshold: expected KEY=NUMBER, got {item!r}")
+    from quantize.validate import format_table
+
     report = build(args.source, args.output, method=args.method, revision=args.revision, pooling=args.pooling,
                    max_length=args.max_length, thresholds=thresholds, force=args.force, fp32_out=args.fp32_out,
                    from_onnx=args.from_onnx, tokenizer=args.tokenizer, prompts=_prompts(args.prompt),
-                   ort_format=args.ort_format)
+                   ort_format=args.ort_format, calibration=args.calibration,
+                   calibration_method=args.calibration_method, calibration_size=args.calibration_size,
+                   target=args.target, eval_sts=args.eval_sts, eval_beir=args.eval_beir)
     if report:
-        keys = ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap")
-        print(f"{'figure':<14} {'measured':>9} {'threshold':>9}")
-        for k in keys:
-            if k in report:
-                print(f"{k:<14} {report[k]:>9.4f} {report['thresholds'].get(k, float('nan')):>9.4f}")
+        print(format_table(report))
     print(args.output)
     return 0
 
@@ -420,7 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ort-format", action="store_true",
                    help="also write model.ort + required_operators_and_types.config (ONNX Runtime Mobile)")
     b.add_argument("-o", "--output", required=True, help="bundle directory to write")
-    b.add_argument("--method", default="dynamic", help="dynamic (INT8) or fp32")
+    b.add_argument("--method", default="auto",
+                   help="auto (default): dynamic INT8, sensitive nodes kept fp32 until the thresholds pass; "
+                        "dynamic; static (needs --calibration); fp32")
+    b.add_argument("--calibration", metavar="FILE", help="static: calibration texts, one per line or JSONL 'text'")
+    b.add_argument("--calibration-method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    b.add_argument("--calibration-size", type=int, default=200, metavar="N",
+                   help="static: texts sampled (seeded) from the calibration file (default 200)")
+    b.add_argument("--target", choices=("avx2", "avx512-vnni", "arm64"),
+                   help="CPU preset for INT8 types and reduce_range (default: this machine's)")
+    b.add_argument("--eval-sts", metavar="FILE", help="also check STS Spearman (score<TAB>s1<TAB>s2, header)")
+    b.add_argument("--eval-beir", metavar="DIR", help="also check retrieval nDCG@10 on a BEIR folder")
     b.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
     b.add_argument("--pooling", choices=("cls", "mean"), help="override the recipe's pooling")
     b.add_argument("--max-length", type=int, help="override the recipe's max_length")

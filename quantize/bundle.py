@@ -20,16 +20,25 @@ from edge_embed import Embedder, Manifest
 from edge_embed.manifest import FORMAT
 
 from . import BuildError, DriftError
+from .calibration import DEFAULT_SIZE, CalibrationSet, TextCalibrationReader, load_calibration
 from .export import export_onnx, fetch, fuse, model_facts, save_tokenizer
 from .from_onnx import prepare_from_onnx
-from .int8 import quantize_dynamic_int8
+from .int8 import (
+    CALIBRATION_METHODS,
+    preset,
+    quantizable_nodes,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+    with_types,
+)
 from .recipe import Recipe, fill_from_model_dir, resolve_source
 from .selfcheck import FP32_MIN_COSINE, add_self_check
-from .validate import drift_report
+from .tune import mixed_precision, sensitivity
+from .validate import LabelledChecks, check_thresholds, compare, drift_report, embed_with_progress, load_probes
 
 __all__ = ["build", "write_bundle", "versions"]
 
-METHODS = ("dynamic", "fp32")
+METHODS = ("auto", "dynamic", "static", "fp32")
 _VERSIONED = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
               "tokenizers", "numpy", "huggingface-hub")
 
@@ -64,7 +73,7 @@ def write_bundle(out: Path, model: Path, tokenizer: Path, recipe: Recipe, source
     if validation is not None:
         (out / "validation.json").write_text(json.dumps(validation, indent=2) + "\n", encoding="utf-8")
         names.append("validation.json")
-    summary = {k: v for k, v in (validation or {}).items() if k not in ("shortfalls",)}
+    summary = {k: v for k, v in (validation or {}).items() if k not in ("shortfalls", "tuning")}
     manifest = Manifest(
         format=FORMAT, name=out.name, source=source, dim=dim, max_length=max_length,
         pooling=recipe.pooling or "cls", normalize=recipe.normalize, prompts=dict(recipe.prompts),
@@ -75,23 +84,43 @@ def write_bundle(out: Path, model: Path, tokenizer: Path, recipe: Recipe, source
     return manifest
 
 
-def build(source: str | None, out: str | Path, method: str = "dynamic", revision: str | None = None,
+def build(source: str | None, out: str | Path, method: str = "auto", revision: str | None = None,
           pooling: str | None = None, max_length: int | None = None,
           thresholds: dict[str, float] | None = None, force: bool = False,
           fp32_out: str | Path | None = None, progress: bool = True, *,
           from_onnx: str | Path | None = None, tokenizer: str | Path | None = None,
-          prompts: dict[str, str] | None = None, ort_format: bool = False) -> dict[str, Any]:
+          prompts: dict[str, str] | None = None, ort_format: bool = False, calibration: str | None = None,
+          calibration_method: str = "minmax", calibration_size: int = DEFAULT_SIZE, target: str | None = None,
+          eval_sts: str | None = None, eval_beir: str | None = None) -> dict[str, Any]:
     """Build a bundle; returns the validation report (empty for fp32). Raises DriftError.
 
     source is a recipe, HF directory or hub id; or None with from_onnx + tokenizer, to start
     from an existing fp32 ONNX export (no torch needed). ort_format: also write model.ort.
+    method: auto (dynamic INT8 + accuracy-aware fp32 fallback), dynamic, static (needs
+    calibration), fp32. eval_sts / eval_beir add labelled checks to the validation.
     """
     if method not in METHODS:
         raise BuildError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
+    # every input file is read and checked before the slow work starts
+    calib: CalibrationSet | None = None
+    if method == "static":
+        if not calibration:
+            raise BuildError("--method static: needs --calibration FILE (texts from your own corpus, one per line "
+                             "or JSONL with a 'text' field); or use --method auto, which needs none")
+        if calibration_method not in CALIBRATION_METHODS:
+            raise BuildError(f"--calibration-method: {calibration_method!r} is not one of "
+                             f"{', '.join(CALIBRATION_METHODS)}")
+        calib = load_calibration(calibration, calibration_size)
+    elif calibration:
+        raise BuildError(f"--calibration: only --method static uses a calibration set (got --method {method})")
+    target_name, _ = preset(target)
+    if method == "fp32" and (eval_sts or eval_beir):
+        raise BuildError("--eval-sts/--eval-beir: compare INT8 with fp32; --method fp32 has nothing to compare")
+    checks = LabelledChecks(eval_sts, eval_beir) if method != "fp32" else None
     out = Path(out)
-    for target in (out, Path(fp32_out) if fp32_out else None):
-        if target is not None and target.exists() and not force:
-            raise BuildError(f"{target}: already exists; pass --force to replace it")
+    for dest in (out, Path(fp32_out) if fp32_out else None):
+        if dest is not None and dest.exists() and not force:
+            raise BuildError(f"{dest}: already exists; pass --force to replace it")
     if (source is None) == (from_onnx is None):
         raise BuildError("build: give a SOURCE (recipe, model directory or hub id) or --from-onnx FILE, not both")
     if from_onnx is not None:
@@ -159,23 +188,10 @@ def build(source: str | None, out: str | Path, method: str = "dynamic", revision
             report: dict[str, Any] = {}
             final = fp32_dir
         else:
-            stage("[3/5] quantizing: dynamic INT8, per-channel weights")
-            q_model = work / "int8.onnx"
-            qfacts = quantize_dynamic_int8(fp32_model, q_model,
-                                           per_channel=recipe.quantization.get("per_channel", True),
-                                           reduce_range=recipe.quantization.get("reduce_range", False))
+            report, qfacts, q_model = _quantize_and_validate(
+                source or str(from_onnx), method, work, fp32_model, fp32_dir, recipe, src_facts, dim, max_len,
+                target_name, calib, calibration_method, checks, progress)
             qfacts["graph_fusion"] = fused
-            stage("[4/5] validating against the fp32 reference through edge_embed")
-            report = drift_report(Embedder.load(fp32_dir), _load_unchecked(q_model, work, recipe, src_facts,
-                                                                          dim, max_len, qfacts),
-                                  recipe.thresholds, progress=progress)
-            if not report["passed"]:
-                raise DriftError(
-                    f"{source}: {method} INT8 drifted past the recipe's thresholds: "
-                    + "; ".join(report["shortfalls"])
-                    + ". No bundle written. Try: keep sensitive nodes in fp32, a different method, "
-                    "or looser thresholds (--threshold KEY=VALUE) if the use allows"
-                )
             final = work / "int8-bundle"
             write_bundle(final, q_model, work / "tokenizer.json", recipe, src_facts, dim, max_len, qfacts, report)
             # the device-side check holds the INT8 bundle to its own fidelity floor
@@ -214,3 +230,114 @@ def _place(src: Path, dst: Path, force: bool) -> None:
         shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(src), str(dst))
+
+
+def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Path, fp32_dir: Path, recipe: Recipe,
+                           src: dict[str, Any], dim: int, max_len: int, target: str, calib: CalibrationSet | None,
+                           calibration_method: str, checks: LabelledChecks | None,
+                           progress: bool) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """Quantize, validate, and for auto/static keep sensitive nodes in fp32 until thresholds pass."""
+    per_channel = recipe.quantization.get("per_channel", True)
+    reference = Embedder.load(fp32_dir)
+    fp32_bytes = fp32_model.stat().st_size
+    base_kind = "static" if method == "static" else "dynamic"
+    reader = None
+    if calib is not None:
+        import onnx
+
+        inputs = [i.name for i in onnx.load(str(fp32_model), load_external_data=False).graph.input]
+        fp32_model = with_types(fp32_model, work / "fp32-typed.onnx")
+        reader = TextCalibrationReader(calib.texts, work / "tokenizer.json", inputs,
+                                       fixed_length=calibration_method != "minmax")
+
+    def quantize(dst: Path, exclude: list[str] | None, only: list[str] | None) -> dict[str, Any]:
+        if reader is not None and calib is not None:
+            f = quantize_static_int8(fp32_model, dst, reader, work / "calibration-ranges.json",
+                                     calibration_method, target, per_channel, exclude, only)
+            f["calibration"] = calib.describe()
+            return f
+        return quantize_dynamic_int8(fp32_model, dst, target, per_channel, exclude, only)
+
+    def evaluate(model: Path, qfacts: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+        cand = _load_unchecked(model, work, recipe, src, dim, max_len, qfacts)
+        extra: dict[str, Any] = {"model_size_ratio": round(model.stat().st_size / fp32_bytes, 6)}
+        report = drift_report(reference, cand, recipe.thresholds, progress=progress and not quiet, extra=extra)
+        if report["passed"] and checks:
+            # labelled checks are slow: only a candidate that met the probe thresholds earns them
+            report.update(checks.run(reference, cand, progress=progress and not quiet))
+            report["shortfalls"] = check_thresholds(report, recipe.thresholds)
+            report["passed"] = not report["shortfalls"]
+        return report
+
+    extra_note = f", {calibration_method} calibration on {len(calib.texts)} texts" if calib else ""
+    stage(f"[3/5] quantizing: {base_kind} INT8, per-channel weights, preset {target}{extra_note}")
+    q_model = work / "int8.onnx"
+    qfacts = quantize(q_model, None, None)
+    stage("[4/5] validating against the fp32 reference through edge_embed")
+    report = evaluate(q_model, qfacts)
+    if method == "auto":
+        qfacts["method"] = "auto"
+        qfacts["base_method"] = "dynamic"
+    qfacts["fp32_nodes"] = []
+    ratio = recipe.thresholds.get("model_size_ratio")
+    budget = ratio * fp32_bytes - q_model.stat().st_size if ratio else float("inf")
+    # keeping nodes in fp32 only buys fidelity: it cannot help a model that is already too big
+    can_tune = budget > 0 and any(not s.startswith("model_size_ratio") for s in report["shortfalls"])
+    if not report["passed"] and method in ("auto", "static") and can_tune:
+        stage(f"      {base_kind} INT8 misses: {'; '.join(report['shortfalls'])}")
+        stage("      measuring each node's sensitivity (only that node quantized, probe slice)")
+        probes = load_probes()
+        lengths = reference.token_count(probes)
+        # short and medium probes keep the sensitivity pass fast; the full set judges every trial
+        slice_ = [t for t, n in zip(probes, lengths, strict=True) if n <= 128][::3]
+        ref_slice = embed_with_progress(reference, slice_, "fp32 probe slice", progress=False)
+
+        def measure(model: Path) -> dict[str, float]:
+            cand = _load_unchecked(model, work, recipe, src, dim, max_len, qfacts)
+            return compare(ref_slice, cand.embed(slice_))
+
+        ranked = sensitivity(quantizable_nodes(fp32_model), quantize, measure, work, budget)
+        trial_model = work / "trial.onnx"
+
+        def try_exclusion(exclude: list[str]) -> dict[str, Any]:
+            f = quantize(trial_model, exclude, None)
+            return evaluate(trial_model, f, quiet=True)
+
+        excluded, best, trials = mixed_precision(ranked, report, recipe.thresholds, budget, try_exclusion)
+        tuning = {"objective": "recipe thresholds", "sensitivity_probes": len(slice_),
+                  "size_budget_bytes": None if budget == float("inf") else int(budget),
+                  "first_pass": {k: report.get(k) for k in ("cosine_mean", "cosine_p1", "cosine_min",
+                                                             "top10_overlap", "model_size_ratio")},
+                  "sensitivity": ranked, "trials": trials}
+        if best["passed"]:
+            # the search stops at the first passing trial, so trial.onnx is the model that passed
+            shutil.move(str(trial_model), str(q_model))
+            qfacts = {**qfacts, "excluded_nodes": sorted(excluded)}
+            why = {c["node"]: c for c in ranked}
+            qfacts["fp32_nodes"] = [
+                {"node": n, "op": why[n]["op"], "params": why[n]["params"],
+                 "why": (f"quantizing it alone cost {why[n]['mean_cosine_loss']:.5f} mean / "
+                         f"{why[n]['p1_cosine_loss']:.5f} p1 cosine on {len(slice_)} probes")}
+                for n in excluded]
+        report = best
+        report["tuning"] = tuning
+    if not report["passed"]:
+        raise DriftError(_drift_message(source, method, report, recipe.thresholds))
+    return report, qfacts, q_model
+
+
+def _drift_message(source: str, method: str, report: dict[str, Any], thresholds: dict[str, float]) -> str:
+    figs = ", ".join(f"{k} {report[k]:.4f}" for k in ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap",
+                                                       "model_size_ratio", "sts_spearman_retained")
+                     if isinstance(report.get(k), float))
+    limits = ", ".join(f"{k} {'<=' if k == 'model_size_ratio' else '>='} {v}" for k, v in sorted(thresholds.items()))
+    if method == "static":
+        hint = ("more or more typical calibration text (--calibration-size), another --calibration-method, "
+                "--method auto (dynamic INT8 with fp32 fallback), or looser thresholds (--threshold KEY=VALUE)")
+    elif method == "auto":
+        hint = ("a larger size budget (--threshold model_size_ratio=...), or looser thresholds "
+                "(--threshold KEY=VALUE) if the use allows, or --method fp32")
+    else:
+        hint = "--method auto (keeps sensitive nodes in fp32), or looser thresholds (--threshold KEY=VALUE)"
+    return (f"{source}: {method} INT8 missed the thresholds: {'; '.join(report['shortfalls'])}. "
+            f"Best reached: {figs}; thresholds: {limits}. No bundle written. Try {hint}")

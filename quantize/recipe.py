@@ -20,7 +20,9 @@ from . import BuildError
 
 __all__ = ["DEFAULT_THRESHOLDS", "Recipe", "fill_from_model_dir", "models_dir", "resolve_source"]
 
-DEFAULT_THRESHOLDS = {"cosine_mean": 0.99, "cosine_p1": 0.98, "cosine_min": 0.95, "top10_overlap": 0.80}
+# model_size_ratio is a ceiling (INT8 model bytes / fp32 model bytes); the rest are floors
+DEFAULT_THRESHOLDS = {"cosine_mean": 0.99, "cosine_p1": 0.98, "cosine_min": 0.95, "top10_overlap": 0.80,
+                      "model_size_ratio": 0.40}
 MODELS_ENV = "EDGE_EMBED_MODELS"
 
 

@@ -17,9 +17,12 @@ import numpy as np
 
 from edge_embed import Embedder
 
-__all__ = ["compare", "drift_report", "load_probes", "check_thresholds"]
+__all__ = ["UPPER_BOUNDS", "check_thresholds", "compare", "drift_report", "labelled_report", "load_probes",
+           "format_table"]
 
 TOPK = 10
+# thresholds that are ceilings, not floors
+UPPER_BOUNDS = frozenset({"model_size_ratio"})
 
 
 def load_probes() -> list[str]:
@@ -74,13 +77,17 @@ def check_thresholds(figures: dict[str, float], thresholds: dict[str, float]) ->
     for key, limit in sorted(thresholds.items()):
         if key not in figures:
             continue
-        if figures[key] < limit:
+        if key in UPPER_BOUNDS:
+            if figures[key] > limit:
+                short.append(f"{key} {figures[key]:.4f} > {limit:.4f} (over by {figures[key] - limit:.4f})")
+        elif figures[key] < limit:
             short.append(f"{key} {figures[key]:.4f} < {limit:.4f} (short by {limit - figures[key]:.4f})")
     return short
 
 
 def drift_report(reference: Embedder, candidate: Embedder, thresholds: dict[str, float],
-                 texts: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+                 texts: list[str] | None = None, progress: bool = True,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Embed the probe set with both, return the figures, thresholds and verdict."""
     probes = texts if texts is not None else load_probes()
     ref = embed_with_progress(reference, probes, "fp32 reference", progress=progress)
@@ -95,6 +102,10 @@ def drift_report(reference: Embedder, candidate: Embedder, thresholds: dict[str,
             b = embed_with_progress(candidate, short, f"quantized '{name}' prompt", prompt=name, progress=progress)
             prompt_figs[name] = compare(a, b)
     lengths = candidate.token_count(probes)
+    # size ratio and labelled checks are measured by the caller and judged here with the rest
+    for key, value in (extra or {}).items():
+        if isinstance(value, float):
+            figures[key] = value
     shortfalls = check_thresholds(figures, thresholds)
     return {
         "reference": "fp32 ONNX export of the same source, run through edge_embed.Embedder",
@@ -106,7 +117,90 @@ def drift_report(reference: Embedder, candidate: Embedder, thresholds: dict[str,
         },
         **{k: round(v, 6) for k, v in figures.items()},
         "prompts": {n: {k: round(v, 6) for k, v in f.items()} for n, f in prompt_figs.items()},
+        **{k: v for k, v in (extra or {}).items() if not isinstance(v, float)},
         "thresholds": dict(thresholds),
         "passed": not shortfalls,
         "shortfalls": shortfalls,
     }
+
+
+class LabelledChecks:
+    """Optional STS and BEIR checks; fp32 figures are computed once and reused across trials."""
+
+    def __init__(self, sts_path: str | None, beir_path: str | None) -> None:
+        from .metrics import load_beir, load_sts
+
+        self.sts = load_sts(sts_path) if sts_path else None
+        self.beir = load_beir(beir_path) if beir_path else None
+        self._ref: dict[str, float] = {}
+
+    def __bool__(self) -> bool:
+        return self.sts is not None or self.beir is not None
+
+    def _sts(self, emb: Embedder, label: str, progress: bool) -> float:
+        from .metrics import sts_spearman
+
+        assert self.sts is not None
+        a = embed_with_progress(emb, self.sts.first, f"{label} STS sentence 1", progress=progress)
+        b = embed_with_progress(emb, self.sts.second, f"{label} STS sentence 2", progress=progress)
+        return sts_spearman(self.sts, a, b)
+
+    def _ndcg(self, emb: Embedder, label: str, progress: bool) -> float:
+        from .metrics import ndcg_at_k
+
+        assert self.beir is not None
+        # queries take the model's query prompt when it has one (bge); passages never do
+        prompt = "query" if "query" in emb.prompts else None
+        q = embed_with_progress(emb, self.beir.queries, f"{label} queries", prompt=prompt, progress=progress)
+        d = embed_with_progress(emb, self.beir.docs, f"{label} corpus", progress=progress)
+        return ndcg_at_k(self.beir, q, d)
+
+    def run(self, reference: Embedder, candidate: Embedder, progress: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.sts is not None:
+            if "sts" not in self._ref:
+                self._ref["sts"] = self._sts(reference, "fp32", progress)
+            got = self._sts(candidate, "quantized", progress)
+            out["sts"] = {"file": self.sts.path, "pairs": len(self.sts.scores),
+                          "spearman_fp32": round(self._ref["sts"], 6), "spearman_int8": round(got, 6)}
+            out["sts_spearman_retained"] = round(got / self._ref["sts"], 6)
+        if self.beir is not None:
+            if "beir" not in self._ref:
+                self._ref["beir"] = self._ndcg(reference, "fp32", progress)
+            got = self._ndcg(candidate, "quantized", progress)
+            out["beir"] = {"folder": self.beir.path, "queries": len(self.beir.queries),
+                           "docs": len(self.beir.docs), "ndcg10_fp32": round(self._ref["beir"], 6),
+                           "ndcg10_int8": round(got, 6)}
+            out["ndcg10_retained"] = round(got / self._ref["beir"], 6) if self._ref["beir"] else 0.0
+        return out
+
+
+def labelled_report(checks: LabelledChecks, reference: Embedder, candidate: Embedder,
+                    progress: bool = True) -> dict[str, Any]:
+    return checks.run(reference, candidate, progress) if checks else {}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The readable end-of-build table: every figure measured, its threshold and verdict."""
+    th = report.get("thresholds", {})
+    rows = [("figure", "measured", "threshold", "")]
+    keys = ["cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "model_size_ratio",
+            "sts_spearman_retained", "ndcg10_retained"]
+    for k in keys:
+        if k not in report:
+            continue
+        limit = th.get(k)
+        if limit is None:
+            verdict, shown = "", "-"
+        else:
+            ok = report[k] <= limit if k in UPPER_BOUNDS else report[k] >= limit
+            verdict, shown = ("ok" if ok else "FAIL"), (f"<= {limit:.4f}" if k in UPPER_BOUNDS else f">= {limit:.4f}")
+        rows.append((k, f"{report[k]:.4f}", shown, verdict))
+    if "sts" in report:
+        s = report["sts"]
+        rows.append(("sts spearman", f"{s['spearman_int8']:.4f}", f"fp32 {s['spearman_fp32']:.4f}", ""))
+    if "beir" in report:
+        b = report["beir"]
+        rows.append(("beir ndcg@10", f"{b['ndcg10_int8']:.4f}", f"fp32 {b['ndcg10_fp32']:.4f}", ""))
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(f"{a:<{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}".rstrip() for a, b, c, d in rows)

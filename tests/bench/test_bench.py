@@ -81,7 +81,7 @@ def test_compare_harness_end_to_end(tiny_bert_dir: Path, bundle_root: Path, tmp_
            "--sts", str(sts), "--beir", str(beir), "--work", str(bundle_root / "compare-work"), "--out", str(out),
            "--rounds", "1", "--n-short", "34", "--n-long", "4", "--threads", "1",
            "--threshold", "top10_overlap=0", "--threshold", "cosine_min=0", "--threshold", "cosine_p1=0",
-           "--threshold", "cosine_mean=0"]
+           "--threshold", "cosine_mean=0", "--threshold", "model_size_ratio=1"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr[-3000:]

