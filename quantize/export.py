@@ -121,7 +121,7 @@ def save_tokenizer(model_dir: Path, out_path: Path, max_length: int) -> None:
     backend = tok.backend_tokenizer
     backend.no_padding()
     backend.enable_truncation(max_length)
-    backend.save(str(out_path))
+    backend.save(str(out_path), pretty=False)  # compact JSON: a third smaller on disk and in archives
 
 
 def model_facts(model_dir: Path) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def prepare_from_onnx(onnx_path: Path, tokenizer_path: Path, work: Path, max_len
     max_len = int(max_length or trunc.get("max_length") or DEFAULT_MAX_LENGTH)
     tok.no_padding()  # the runtime pads per batch
     tok.enable_truncation(max_len)
-    tok.save(str(work / "tokenizer.json"))
+    tok.save(str(work / "tokenizer.json"), pretty=False)
 
     fp32 = work / "fp32.onnx"
     fused: dict[str, int] = {}
