@@ -62,8 +62,12 @@ def stage(msg: str) -> None:
 
 def write_bundle(out: Path, model: Path, tokenizer: Path, recipe: Recipe, source: dict[str, Any],
                  dim: int, max_length: int, quantization: dict[str, Any],
-                 validation: dict[str, Any] | None) -> Manifest:
-    """Copy model + tokenizer into out/, write validation.json and manifest.json."""
+                 validation: dict[str, Any] | None, name: str | None = None) -> Manifest:
+    """Copy model + tokenizer into out/, write validation.json and manifest.json.
+
+    name: the bundle's name in the manifest, default out/'s folder name (builds assemble in a
+    work folder and pass the name of the folder the bundle will be placed at).
+    """
     out.mkdir(parents=True, exist_ok=True)
     if model.resolve() != (out / "model.onnx").resolve():
         shutil.copyfile(model, out / "model.onnx")
@@ -75,7 +79,7 @@ def write_bundle(out: Path, model: Path, tokenizer: Path, recipe: Recipe, source
         names.append("validation.json")
     summary = {k: v for k, v in (validation or {}).items() if k not in ("shortfalls", "tuning")}
     manifest = Manifest(
-        format=FORMAT, name=out.name, source=source, dim=dim, max_length=max_length,
+        format=FORMAT, name=name or out.name, source=source, dim=dim, max_length=max_length,
         pooling=recipe.pooling or "cls", normalize=recipe.normalize, prompts=dict(recipe.prompts),
         files=Manifest.describe_files(out, names), quantization=quantization, validation=summary,
         built_with=versions(),
@@ -178,8 +182,9 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
             dim = int(facts.get("hidden_size") or 0)
 
         fp32_dir = work / "fp32-bundle"
+        fp32_name = Path(fp32_out).name if fp32_out and method != "fp32" else out.name
         write_bundle(fp32_dir, fp32_model, work / "tokenizer.json", recipe, src_facts, dim, max_len,
-                     {"method": "fp32", "graph_fusion": fused}, None)
+                     {"method": "fp32", "graph_fusion": fused}, None, name=fp32_name)
         add_self_check(fp32_dir, Embedder.load(fp32_dir), FP32_MIN_COSINE)
 
         if method == "fp32":
@@ -193,7 +198,8 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
                 target_name, calib, calibration_method, checks, progress)
             qfacts["graph_fusion"] = fused
             final = work / "int8-bundle"
-            write_bundle(final, q_model, work / "tokenizer.json", recipe, src_facts, dim, max_len, qfacts, report)
+            write_bundle(final, q_model, work / "tokenizer.json", recipe, src_facts, dim, max_len, qfacts, report,
+                         name=out.name)
             # the device-side check holds the INT8 bundle to its own fidelity floor
             add_self_check(final, Embedder.load(fp32_dir), recipe.thresholds.get("cosine_min", 0.97))
 

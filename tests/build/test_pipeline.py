@@ -90,6 +90,7 @@ def test_tiny_dynamic_build_cls(tiny_bert_dir: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     m = Manifest.read(out)
     assert m.pooling == "cls" and m.dim == 32 and m.quantization["method"] == "dynamic"
+    assert m.name == "tiny-int8"  # the folder it was placed at, not the build's work folder
     assert "[2/5] exporting" in r.stderr and "[4/5] validating" in r.stderr
     v = Embedder.load(out).embed(["hello world"])
     assert v.shape == (1, 32)

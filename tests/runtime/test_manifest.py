@@ -97,8 +97,9 @@ def test_verify_catches_size_and_hash(tmp_path: Path) -> None:
         Manifest.read(tmp_path).check_present(tmp_path)
 
 
-def test_real_bundle_manifest_is_complete(minilm_int8: Path, tmp_path: Path) -> None:
+def test_real_bundle_manifest_is_complete(minilm_int8: Path, minilm_fp32: Path, tmp_path: Path) -> None:
     m = Manifest.read(minilm_int8)
+    assert m.name == minilm_int8.name and Manifest.read(minilm_fp32).name == minilm_fp32.name
     assert (m.dim, m.max_length, m.pooling, m.normalize) == (384, 256, "mean", True)
     assert {"model.onnx", "tokenizer.json", "validation.json"} <= set(m.files)
     assert m.quantization["per_channel"] is True
