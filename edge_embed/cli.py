@@ -45,10 +45,8 @@ def _read_lines(path: str) -> Iterator[str]:
         except OSError as e:
             raise InputError(f"{path}: cannot open input ({e.strerror})") from None
     try:
-        for n, line in enumerate(stream, 1):
+        for line in stream:
             yield line.rstrip("\r\n")
-            if n % 100_000 == 0:
-                pass
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     finally:

@@ -20,14 +20,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fp32(minilm_fp32: Path) -> Embedder:
-    return Embedder.load(minilm_fp32)
-
-
-@pytest.fixture(scope="module")
-def int8(minilm_int8: Path) -> Embedder:
-    return Embedder.load(minilm_int8)
 
 
 def test_shape_dtype_unit_norm(int8: Embedder) -> None:

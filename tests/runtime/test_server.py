@@ -106,14 +106,6 @@ def distinct_texts(n: int, seed: int) -> list[list[str]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def int8(minilm_int8: Path) -> Embedder:
-    return Embedder.load(minilm_int8)
-
-
-@pytest.fixture(scope="module")
-def fp32(minilm_fp32: Path) -> Embedder:
-    return Embedder.load(minilm_fp32)
 
 
 LIMITS = ServerConfig(max_inputs=16, max_body_bytes=64 * 1024, queue_size=1024, warmup=False)
