@@ -1,16 +1,28 @@
 """Single-file bundles: pack a bundle directory into one uncompressed tar, read it back.
 
 A packed bundle (``NAME.edgeembed``) is a POSIX tar, no compression, holding the bundle
-directory: ``NAME/manifest.json`` first, then every file the manifest lists. Tar rather
-than zip because it is read front to back: a truncated archive fails while reading the
-member it cuts, so the error can name that member (a zip's index sits at the end and goes
-first). No compression because the INT8 weights barely compress and a stored member is
-read with one copy.
+directory: ``NAME/manifest.json`` first, then every file the manifest lists, the ONNX model
+last. Tar rather than zip because it is read front to back: a truncated archive fails while
+reading the member it cuts, so the error can name that member (a zip's index sits at the
+end and goes first). No compression because the INT8 weights barely compress and a stored
+member can be used where it lies.
 
-The archive is read into memory, never unpacked to disk: onnxruntime builds a session
-from model bytes and tokenizers parses a JSON string. Sizes are checked on every read,
-sha256 only when asked (as for directories). This module does not load models and does
-not write manifests; it uses the standard library only.
+The file is at once a tar and, read as a protocol buffer, the ONNX model itself, so that
+onnxruntime opens the ``.edgeembed`` path directly and reads the weights straight from the
+file, as it does for a directory's ``model.onnx`` (its Python API takes a model from memory
+only as ``bytes``, which it copies again: loading that way cost +45-55 % over a directory).
+Two pax global headers, which tar readers apply as (empty) metadata and never extract, carry
+in their name field the key and length of an unknown protobuf field (number 1,000,000):
+
+    [global header: field opens] manifest.json ... tokenizer.json ... [model.onnx header]
+    [model.onnx bytes][padding + global header: field opens] [NAME/ directory entry][end blocks]
+
+The first field spans everything before the model's bytes, the second everything after
+them, to the end of the file; protobuf parsers skip unknown fields, tar readers ignore
+global headers' names and the content of padding. Archives without this layout (any plain
+tar of a bundle) still load, through bytes. Sizes are checked on every read, sha256 only
+when asked (as for directories). This module does not load models and does not write
+manifests; it uses the standard library only.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -32,6 +45,9 @@ __all__ = ["ARCHIVE_SUFFIX", "ArchiveSource", "PackedBundle", "is_archive", "pac
 
 ARCHIVE_SUFFIX = ".edgeembed"
 _CHUNK = 1 << 20
+_BLOCK = tarfile.BLOCKSIZE
+_FIELD = 1_000_000  # a protobuf field number that onnx.ModelProto does not use
+_NOTE = b" edge-embed: skip to the ONNX model"  # rest of the global headers' names (never extracted)
 
 ArchiveSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 
@@ -43,6 +59,9 @@ class PackedBundle:
     label: str  # where it came from, for messages: a path, or "<bytes>" / "<file object>"
     manifest: Manifest
     members: dict[str, bytes]
+    # the ONNX model when the archive file itself parses as it (see the module docstring):
+    # its name and the archive's path, which onnxruntime can open in place of the model
+    in_place: tuple[str, Path] | None = None
 
     def where(self, name: str) -> str:
         return f"{self.label}:{name}"
@@ -51,6 +70,10 @@ class PackedBundle:
         if name not in self.members:
             raise BundleError(f"{self.where(name)}: not in the archive; repack the bundle with 'edge-embed pack'")
         return self.members[name]
+
+    def model_path(self, name: str) -> Path | None:
+        """The archive's path if onnxruntime can load member ``name`` by opening the archive itself."""
+        return self.in_place[1] if self.in_place and self.in_place[0] == name else None
 
 
 def is_archive(source: Any) -> bool:
@@ -75,8 +98,63 @@ def _tarinfo(name: str, size: int, directory: bool = False) -> tarfile.TarInfo:
     return info
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_TAG = _varint(_FIELD << 3 | 2)  # field _FIELD, wire type 2 (length-delimited)
+
+
+def _field_opening(span: int) -> bytes:
+    """Key and length of an unknown protobuf field that, with its payload, is ``span`` bytes long."""
+    for width in range(1, 10):
+        length = span - len(_TAG) - width
+        if length >= 0 and len(_varint(length)) == width:
+            return _TAG + _varint(length)
+    raise ValueError(f"no field of {span} bytes")  # pragma: no cover - every span >= 5 has one
+
+
+def _field_span(head: bytes) -> int | None:
+    """The total length of the field whose key and length ``head`` opens with, else None."""
+    if not head.startswith(_TAG):
+        return None
+    length, shift = 0, 0
+    for i, b in enumerate(head[len(_TAG):len(_TAG) + 9]):
+        length |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return len(_TAG) + i + 1 + length
+    return None
+
+
+def _global_header(name: bytes) -> bytes:
+    """A pax global header with no records: tar readers apply it and extract nothing."""
+    info = tarfile.TarInfo(name.decode("utf-8", "surrogateescape"))
+    info.type = tarfile.XGLTYPE
+    info.size, info.mtime, info.mode = 0, 0, 0o644
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _padding(size: int) -> int:
+    return -size % _BLOCK
+
+
 def pack(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False) -> Path:
-    """Verify a bundle directory (every sha256) and write it as one uncompressed tar."""
+    """Verify a bundle directory (every sha256) and write it as one uncompressed tar.
+
+    The ONNX model goes last and the archive is laid out so that onnxruntime can open the
+    file itself as that model (see the module docstring). The same bundle gives the same bytes.
+    """
     root = Path(bundle_dir)
     dest = Path(out)
     if root.is_file():
@@ -90,14 +168,31 @@ def pack(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, for
     top = (dest.name[: -len(ARCHIVE_SUFFIX)] if dest.name.endswith(ARCHIVE_SUFFIX) else dest.stem) or "bundle"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.partial")
+    model = manifest.model_file
+    names = [MANIFEST_NAME, *sorted(n for n in manifest.files if n != model), model]
     try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
-            tf.addfile(_tarinfo(top, 0, directory=True))
-            names = [MANIFEST_NAME, *sorted(manifest.files)]
+        with open(tmp, "wb") as f:
+            f.write(bytes(_BLOCK))  # the opening global header, written once the model's offset is known
             for name in names:
                 path = root / name
-                with open(path, "rb") as f:
-                    tf.addfile(_tarinfo(f"{top}/{name}", path.stat().st_size), f)
+                size = path.stat().st_size
+                f.write(_header(_tarinfo(f"{top}/{name}", size)))
+                model_at = f.tell()  # where this member's bytes start; the model's, after the loop
+                with open(path, "rb") as src:
+                    shutil.copyfileobj(src, f, _CHUNK)
+                if f.tell() - model_at != size:
+                    raise BundleError(f"{path}: changed while it was being packed; pack again")
+                if name != model:
+                    f.write(bytes(_padding(size)))
+            # the model is last: after its bytes, a field opens that runs to the end of the file
+            pad = _padding(size)
+            rest = _header(_tarinfo(top, 0, directory=True)) + bytes(2 * _BLOCK)
+            closing = _field_opening(pad + _BLOCK + len(rest))
+            f.write(closing[:pad] + bytes(pad - len(closing[:pad])))
+            f.write(_global_header(closing[pad:] + _NOTE))
+            f.write(rest)
+            f.seek(0)
+            f.write(_global_header(_field_opening(model_at) + _NOTE))
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -143,29 +238,52 @@ def _member_name(label: str, raw: str, is_dir: bool, top: list[str]) -> str | No
 
 
 def read_archive(source: ArchiveSource, *, verify: bool = False,
-                 keep: Callable[[Manifest], Collection[str]] | None = None) -> PackedBundle:
+                 keep: Callable[[Manifest], Collection[str]] | None = None,
+                 in_place: bool = False) -> PackedBundle:
     """Read a packed bundle from a path, bytes or a binary file object.
 
     Every member's size is checked against the manifest; with verify=True its sha256 too.
     keep: given the manifest, which files' bytes to return (default all); the others are read through,
     so a truncation anywhere is caught. Any problem is a BundleError naming the member.
+    in_place: for a path whose file also parses as its ONNX model (as ``pack`` writes it), leave
+    the model's bytes unread (hashed only with verify); ``model_path`` then gives the file to open.
     """
     stream, label, owned = _open(source)
+    path = Path(source) if in_place and isinstance(source, (str, os.PathLike)) else None
     try:
-        return _read(stream, label, verify, keep)
+        return _read(stream, label, verify, keep, path)
     finally:
         if owned:
             stream.close()
 
 
+def _opening_span(stream: IO[bytes]) -> int | None:
+    """Where the model's bytes must start if the archive opens with pack's global header."""
+    head = stream.read(_BLOCK)
+    stream.seek(0)
+    if len(head) < _BLOCK or head[156:157] != tarfile.XGLTYPE:
+        return None
+    return _field_span(head[:100])
+
+
+def _closes_at_end(stream: IO[bytes], at: int, size: int) -> bool:
+    """True if the field opening at ``at`` (after the model's bytes) runs exactly to the end of the file."""
+    stream.seek(at)
+    span = _field_span(stream.read(16))
+    return span is not None and at + span == size
+
+
 def _read(stream: IO[bytes], label: str, verify: bool,
-          keep: Callable[[Manifest], Collection[str]] | None) -> PackedBundle:
+          keep: Callable[[Manifest], Collection[str]] | None, path: Path | None) -> PackedBundle:
     manifest: Manifest | None = None
     wanted: Collection[str] | None = None
     members: dict[str, bytes] = {}
     seen: set[str] = set()
     top: list[str] = []
     current = "the archive header"
+    opening = _opening_span(stream) if path is not None else None
+    file_size = os.fstat(stream.fileno()).st_size if opening is not None else 0
+    unread: tarfile.TarInfo | None = None  # the model, left in the file for onnxruntime to open
     try:
         # a seekable source is read member by member with one read() each (tarfile's stream
         # mode copies in 10 KiB blocks: 4x slower on a 23 MB model); pipes use stream mode
@@ -193,10 +311,15 @@ def _read(stream: IO[bytes], label: str, verify: bool,
                 if entry is None:
                     continue  # like a directory bundle, files the manifest does not list are ignored
                 want = wanted is None or name in wanted
+                if (want and name == manifest.model_file and info.offset_data == opening
+                        and info.offset_data + info.size <= file_size):
+                    unread, want = info, False
                 digest = hashlib.sha256() if verify else None
                 parts: list[bytes] = []
                 got = 0
-                while chunk := f(info.size - got if want else min(_CHUNK, info.size - got)):
+                if unread is info and digest is None:
+                    got = info.size  # in the file, which is long enough: nothing to read
+                while got < info.size and (chunk := f(info.size - got if want else min(_CHUNK, info.size - got))):
                     got += len(chunk)
                     if digest is not None:
                         digest.update(chunk)
@@ -224,11 +347,18 @@ def _read(stream: IO[bytes], label: str, verify: bool,
         raise BundleError(f"{label}:{current}: cannot read the archive ({type(e).__name__}: {e})") from None
     if manifest is None:
         raise BundleError(f"{label}: holds no {MANIFEST_NAME}; this is not a packed edge-embed bundle")
-    missing = sorted(set(manifest.files) - seen)
+    missing = sorted(set(manifest.files) - seen, key=lambda n: (n == manifest.model_file, n))  # pack's order
     if missing:
         raise BundleError(f"{label}:{missing[0]}: missing from the archive, the manifest lists it "
                           f"(files.{missing[0]}); the archive is truncated or incomplete")
-    return PackedBundle(label, manifest, members)
+    in_place = None
+    if unread is not None and path is not None:
+        if _closes_at_end(stream, unread.offset_data + unread.size, file_size):
+            in_place = (manifest.model_file, path)
+        else:  # not pack's layout after all (altered after the model): read the bytes
+            stream.seek(unread.offset_data)
+            members[manifest.model_file] = stream.read(unread.size)
+    return PackedBundle(label, manifest, members, in_place)
 
 
 def _member_reader(tf: tarfile.TarFile, stream: IO[bytes], info: tarfile.TarInfo,

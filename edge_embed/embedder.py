@@ -91,7 +91,9 @@ class Embedder:
         choice of one per physical core). verify: check every file's sha256 first (sizes are
         always checked). model_format: "onnx", or "ort" for the bundle's ORT-format model
         (``edge-embed convert``). Any problem with the bundle is a BundleError naming the file.
-        A packed bundle is read into memory, never unpacked to disk.
+        A packed bundle is never unpacked to disk: onnxruntime opens a packed file itself as the
+        ONNX model (see edge_embed.archive); bytes, file objects and ORT-format models are read
+        into memory.
         self_check: embed the bundle's stored probe texts and compare with their fp32
         reference vectors; True raises SelfCheckError below the manifest's threshold,
         "warn" issues a SelfCheckWarning instead (see edge_embed.selfcheck). The result is
@@ -116,7 +118,8 @@ class Embedder:
                 probes = probe_file(m) if self_check else None
                 return {model_name(m), m.tokenizer_file} | ({probes} if probes else set())
 
-            packed = read_archive(path, verify=verify, keep=keep)
+            # a packed file is opened by onnxruntime in place of its ONNX model when its layout allows
+            packed = read_archive(path, verify=verify, keep=keep, in_place=model_format == "onnx")
             root, manifest = Path(packed.label), packed.manifest
         else:
             root = Path(path)  # type: ignore[arg-type]
@@ -161,7 +164,10 @@ class Embedder:
         if missing:
             raise InputError(f"providers: {missing} not available in this onnxruntime; available: {available}")
         model_path: Any = packed.where(model_file) if packed else root / model_file
-        model: str | bytes = packed.data(model_file) if packed else str(model_path)
+        model: str | bytes = str(model_path)
+        if packed:
+            in_place = packed.model_path(model_file)
+            model = str(in_place) if in_place else packed.data(model_file)
         try:
             session = ort.InferenceSession(model, sess_options=so, providers=wanted)
         except Exception as e:  # ORT raises its own Fail / InvalidGraph / ... types

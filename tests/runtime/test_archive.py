@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from edge_embed import BundleError, Embedder, InputError
-from edge_embed.archive import pack, read_archive
+from edge_embed.archive import _global_header, pack, read_archive
 from tests.conftest import REPO, run_cli
 
 TEXTS = ["hello world", "Packed bundles travel inside someone else's product.", "what is onnx?"]
@@ -53,13 +55,70 @@ def test_archive_layout_is_a_plain_tar_of_the_bundle_directory(packed: Path, min
     with tarfile.open(packed, "r:") as tf:  # "r:" refuses compressed archives
         members = tf.getmembers()
     names = [m.name for m in members]
-    assert names[0] == "minilm-int8" and members[0].isdir()
-    assert names[1] == "minilm-int8/manifest.json"
+    assert names[0] == "minilm-int8/manifest.json"
+    assert names[-2] == "minilm-int8/model.onnx"  # last, so that the file parses as the model
+    assert names[-1] == "minilm-int8" and members[-1].isdir()
     listed = json.loads((minilm_int8 / "manifest.json").read_text())["files"]
-    assert sorted(n.split("/", 1)[1] for n in names[2:]) == sorted(listed)
-    for m in members[1:]:
+    assert sorted(n.split("/", 1)[1] for n in names[1:-1]) == sorted(listed)
+    for m in members[:-1]:
         assert m.size == (minilm_int8 / m.name.split("/", 1)[1]).stat().st_size
         assert (m.mtime, m.uid, m.gid, m.uname) == (0, 0, 0, "")
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs the tar program")
+def test_tar_extracts_the_bundle_directory_byte_for_byte(packed: Path, minilm_int8: Path, tmp_path: Path) -> None:
+    r = subprocess.run(["tar", "-xf", str(packed), "-C", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["minilm-int8"]  # nothing else, no header files
+    out = tmp_path / "minilm-int8"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in minilm_int8.iterdir())
+    for f in out.iterdir():
+        assert f.read_bytes() == (minilm_int8 / f.name).read_bytes(), f.name
+
+
+def _feeds(session: ort.InferenceSession) -> dict[str, np.ndarray]:
+    ids = np.array([[101, 7592, 2088, 2003, 2204, 102]], dtype=np.int64)
+    every = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {i.name: every[i.name] for i in session.get_inputs()}
+
+
+def test_onnxruntime_opens_the_packed_file_as_the_model(packed: Path, minilm_int8: Path) -> None:
+    """The archive parses as the ONNX model itself, so it is loaded without copying it into Python."""
+    direct = ort.InferenceSession(str(packed), providers=["CPUExecutionProvider"])
+    model = ort.InferenceSession(str(minilm_int8 / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = _feeds(model)
+    np.testing.assert_array_equal(direct.run(None, feeds)[0], model.run(None, feeds)[0])
+    got = read_archive(packed, keep=lambda m: {m.model_file, m.tokenizer_file}, in_place=True)
+    assert got.model_path("model.onnx") == packed and "model.onnx" not in got.members
+    assert "tokenizer.json" in got.members
+    assert read_archive(packed, in_place=False).model_path("model.onnx") is None
+    assert read_archive(packed.read_bytes(), in_place=True).model_path("model.onnx") is None
+
+
+def test_plain_tar_of_a_bundle_loads_through_bytes(minilm_int8: Path, reference: np.ndarray, tmp_path: Path) -> None:
+    plain = tmp_path / "plain.edgeembed"
+    with tarfile.open(plain, "w") as tf:
+        tf.add(minilm_int8 / "manifest.json", arcname="b/manifest.json")
+        for f in sorted(minilm_int8.iterdir()):
+            if f.name != "manifest.json":
+                tf.add(f, arcname=f"b/{f.name}")
+    assert read_archive(plain, in_place=True).model_path("model.onnx") is None
+    np.testing.assert_array_equal(Embedder.load(plain).embed(TEXTS), reference)
+
+
+@pytest.mark.parametrize("where", ["opening", "closing"])
+def test_damaged_layout_falls_back_to_bytes(packed: Path, reference: np.ndarray, tmp_path: Path, where: str) -> None:
+    """A tar whose global headers no longer frame the model (rewritten by some tool) loads through bytes."""
+    data = bytearray(packed.read_bytes())
+    start, size = _member_span(packed, "model.onnx")
+    at = 0 if where == "opening" else start + size
+    end = 512 if where == "opening" else (start + size + 511) // 512 * 512 + 512
+    data[at:end] = bytes(end - at - 512) + _global_header(b"rewritten")
+    bad = tmp_path / "relaid.edgeembed"
+    bad.write_bytes(bytes(data))
+    got = read_archive(bad, verify=True, in_place=True)
+    assert got.model_path("model.onnx") is None and "model.onnx" in got.members
+    np.testing.assert_array_equal(Embedder.load(bad).embed(TEXTS), reference)
 
 
 @pytest.mark.parametrize("how", ["path", "str", "bytes", "bytearray", "file", "pipe"])
@@ -184,7 +243,7 @@ def test_hostile_or_foreign_archives(minilm_int8: Path) -> None:
         read_archive(_tar([("b/manifest.json", manifest), ("../evil/model.onnx", b"x")]))
     with pytest.raises(BundleError, match="appears twice"):
         read_archive(_tar([("manifest.json", manifest), ("manifest.json", manifest)]))
-    with pytest.raises(BundleError, match=r"<bytes>:model\.onnx: missing from the archive"):
+    with pytest.raises(BundleError, match=r"<bytes>:selfcheck\.json: missing from the archive"):
         read_archive(_tar([("manifest.json", manifest)]))
     with pytest.raises(BundleError, match="manifest.json: not valid JSON"):
         read_archive(_tar([("manifest.json", b"{nope")]))
@@ -202,8 +261,6 @@ def test_pack_refuses_bad_input(minilm_int8: Path, packed: Path, tmp_path: Path)
 
 
 def test_pack_verifies_the_directory_first(minilm_int8: Path, tmp_path: Path) -> None:
-    import shutil
-
     bundle = tmp_path / "b"
     shutil.copytree(minilm_int8, bundle)
     data = bytearray((bundle / "tokenizer.json").read_bytes())
