@@ -120,6 +120,8 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
     target_name, _ = preset(target)
     if method == "fp32" and (eval_sts or eval_beir):
         raise BuildError("--eval-sts/--eval-beir: compare INT8 with fp32; --method fp32 has nothing to compare")
+    if method == "fp32" and fp32_out:
+        raise BuildError("--fp32-out: with --method fp32 the output already is the fp32 bundle; drop --fp32-out")
     checks = LabelledChecks(eval_sts, eval_beir) if method != "fp32" else None
     out = Path(out)
     for dest in (out, Path(fp32_out) if fp32_out else None):
