@@ -111,13 +111,24 @@ def tune(fp32_model: Path, dst: Path, *, reduce_range: bool, evaluate: Callable[
     trials: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     cand_path = work / "inc-candidate.onnx"
+    failures: list[BaseException] = []
+    timed_out: list[float] = []
 
     def eval_func(model: Any) -> float:
+        if trials and time.perf_counter() - t0 > timeout:
+            # INC's own timeout would switch it from stop-at-first-pass to tune-until-timeout,
+            # so the time limit is kept here; INC's fit() ends quietly on a KeyboardInterrupt
+            timed_out.append(time.perf_counter() - t0)
+            raise _TimeUp()
         if isinstance(model, str | Path):  # INC passes a path for models over 2 GB
             model = onnx.load(str(model))
         quantized = is_quantized(model)
         onnx.save(model, str(cand_path))
-        report = evaluate(cand_path)
+        try:
+            report = evaluate(cand_path)
+        except Exception as e:  # INC would log it and return None; the build reports it
+            failures.append(e)
+            raise
         s = score(report, quantized)
         if not quantized:
             say(f"inc baseline (fp32): score {s:.4f} ({time.perf_counter() - t0:.0f} s)")
@@ -135,7 +146,9 @@ def tune(fp32_model: Path, dst: Path, *, reduce_range: bool, evaluate: Callable[
         approach="dynamic", backend="default", device="cpu", reduce_range=reduce_range, quant_level=1,
         # no loss allowed: a candidate passes only when it scores like the fp32 baseline (1.0)
         accuracy_criterion=AccuracyCriterion(higher_is_better=True, criterion="absolute", tolerable_loss=0.0),
-        tuning_criterion=TuningCriterion(strategy="basic", max_trials=max_trials, timeout=timeout),
+        # timeout=0 is INC's early stop: the first candidate that meets the goal ends the tuning
+        # (any other value makes it keep tuning for speed until the timeout or trial limit)
+        tuning_criterion=TuningCriterion(strategy="basic", max_trials=max_trials, timeout=0),
     )
     model = onnx.load(str(fp32_model))
     try:
@@ -143,9 +156,13 @@ def tune(fp32_model: Path, dst: Path, *, reduce_range: bool, evaluate: Callable[
     except Exception as e:
         raise BuildError(f"{fp32_model}: neural-compressor {version} tuning failed ({type(e).__name__}: {e}); "
                          "use --tuner ort") from e
+    if failures:
+        e = failures[0]
+        raise BuildError(f"{fp32_model}: evaluating a neural-compressor candidate failed ({type(e).__name__}: "
+                         f"{e}); use --tuner ort") from e
     facts = {"tuner": "neural-compressor", "version": version, "strategy": "basic", "approach": "dynamic",
             "accuracy_criterion": "recipe thresholds on the probe set, no loss allowed",
-            "max_trials": max_trials, "timeout_s": timeout, "trials": trials,
+            "max_trials": max_trials, "timeout_s": timeout, "timed_out": bool(timed_out), "trials": trials,
             "seconds": round(time.perf_counter() - t0, 1)}
     if q is None:
         if trials:
@@ -158,10 +175,15 @@ def tune(fp32_model: Path, dst: Path, *, reduce_range: bool, evaluate: Callable[
     return facts
 
 
+class _TimeUp(KeyboardInterrupt):
+    """Raised from the eval function to end INC's tuning at edge-embed's time limit."""
+
+
 class NoModelError(BuildError):
     """INC's tuning ended (trial limit or timeout) with no candidate meeting the thresholds."""
 
     def __init__(self, facts: dict[str, Any], best: dict[str, Any]) -> None:
-        super().__init__(f"neural-compressor ran {len(facts['trials'])} trial(s) in {facts['seconds']:.0f} s and "
-                         "none met the thresholds")
+        limit = f", stopped at the {facts['timeout_s']} s limit" if facts["timed_out"] else ""
+        super().__init__(f"neural-compressor ran {len(facts['trials'])} trial(s) in {facts['seconds']:.0f} s{limit} "
+                         "and none met the thresholds")
         self.facts, self.best = facts, best
