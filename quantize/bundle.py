@@ -290,8 +290,7 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
         return report
 
     if tuner[0] == "inc":
-        return _inc_quantize_and_validate(source, work, fp32_model, recipe, target, per_channel, evaluate,
-                                          tuner[1], tuner[2])
+        return _inc_quantize_and_validate(source, work, fp32_model, recipe, target, evaluate, tuner[1], tuner[2])
     extra_note = f", {calibration_method} calibration on {len(calib.texts)} texts" if calib else ""
     stage(f"[3/5] quantizing: {base_kind} INT8, per-channel weights, preset {target}{extra_note}")
     q_model = work / "int8.onnx"
@@ -350,7 +349,7 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
 
 
 def _inc_quantize_and_validate(source: str, work: Path, fp32_model: Path, recipe: Recipe, target: str,
-                               per_channel: bool, evaluate: Callable[..., dict[str, Any]], max_trials: int,
+                               evaluate: Callable[..., dict[str, Any]], max_trials: int,
                                timeout: int) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """auto with --tuner inc: INC's tuning picks the fp32 nodes, then the usual validation judges."""
     import onnx
@@ -361,7 +360,7 @@ def _inc_quantize_and_validate(source: str, work: Path, fp32_model: Path, recipe
     stage(f"[3/5] quantizing: neural-compressor accuracy-aware tuning (dynamic INT8, preset {target}, "
           f"at most {max_trials} trials / {timeout} s; each candidate validated through edge_embed)")
     base = {"method": "auto", "base_method": "dynamic", "target": target, "weight_type": "int8",
-            "activation_type": "uint8, scales computed per batch at run time", "per_channel": per_channel,
+            "activation_type": "uint8, scales computed per batch at run time", "per_channel": "chosen by INC",
             "reduce_range": p["reduce_range"], "excluded_nodes": [], "calibration": None}
 
     def probe_only(model: Path) -> dict[str, Any]:
@@ -379,8 +378,9 @@ def _inc_quantize_and_validate(source: str, work: Path, fp32_model: Path, recipe
                 + "; thresholds: " + ", ".join(f"{k} {v}" for k, v in sorted(recipe.thresholds.items()))
                 + ". No bundle written. Try more --tuner-trials / --tuner-timeout, or the default --tuner ort")
         raise DriftError(hint) from None
-    kept = inc.fp32_nodes_of(quantizable_nodes(fp32_model), onnx.load(str(q_model), load_external_data=False))
-    qfacts = {**base,
+    tuned = onnx.load(str(q_model), load_external_data=False)
+    kept = inc.fp32_nodes_of(quantizable_nodes(fp32_model), tuned)
+    qfacts = {**base, "per_channel": inc.weight_granularity(tuned),
               "tuner": {k: v for k, v in tuning.items() if k != "trials"} | {"trials": len(tuning["trials"])},
               "excluded_nodes": sorted(c["node"] for c in kept),
               "fp32_nodes": [{"node": c["node"], "op": c["op"], "params": c["params"],
@@ -398,7 +398,10 @@ def _drift_message(source: str, method: str, report: dict[str, Any], thresholds:
                                                        "model_size_ratio", "sts_spearman_retained")
                      if isinstance(report.get(k), float))
     limits = ", ".join(f"{k} {'<=' if k == 'model_size_ratio' else '>='} {v}" for k, v in sorted(thresholds.items()))
-    if method == "static":
+    if method.endswith("--tuner inc"):
+        hint = ("more --tuner-trials / --tuner-timeout, the default --tuner ort (ranks nodes by measured loss per "
+                "byte), or looser thresholds (--threshold KEY=VALUE)")
+    elif method == "static":
         hint = ("more or more typical calibration text (--calibration-size), another --calibration-method, "
                 "--method auto (dynamic INT8 with fp32 fallback), or looser thresholds (--threshold KEY=VALUE)")
     elif method == "auto":

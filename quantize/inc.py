@@ -23,7 +23,8 @@ from typing import Any
 
 from . import BuildError
 
-__all__ = ["DIST", "MISSING_HINT", "SUPPORTED", "NoModelError", "available", "fp32_nodes_of", "require", "tune"]
+__all__ = ["DIST", "MISSING_HINT", "SUPPORTED", "NoModelError", "available", "fp32_nodes_of", "is_quantized",
+           "require", "score", "tune", "weight_granularity"]
 
 DIST = "neural-compressor"
 SUPPORTED = "3.7.1"
@@ -65,6 +66,29 @@ def fp32_nodes_of(candidates: list[dict[str, Any]], quantized: Any) -> list[dict
     """The quantizable nodes that INC left in fp32: still in the graph under their name and op."""
     kept = {(n.name, n.op_type) for n in quantized.graph.node}
     return [c for c in candidates if (c["node"], c["op"]) in kept]
+
+
+def weight_granularity(quantized: Any) -> dict[str, str]:
+    """Per quantized op type, whether INC quantized its weights per channel or per tensor.
+
+    INC picks this itself (on MiniLM: MatMul per channel, Attention per tensor, where ORT's
+    dynamic path does both per channel); read from the zero-point/scale initializers' length.
+    """
+    sizes = {}
+    for init in quantized.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= d
+        sizes[init.name] = (len(init.dims), n)
+    out: dict[str, str] = {}
+    for node in quantized.graph.node:
+        if node.op_type not in ("MatMulInteger", "QAttention", "QGemm", "DynamicQuantizeMatMul"):
+            continue
+        vectors = [sizes[i] for i in node.input if i in sizes and sizes[i][0] <= 1]
+        gran = "per_channel" if any(n > 1 for _, n in vectors) else "per_tensor"
+        if out.get(node.op_type) != "per_channel":
+            out[node.op_type] = gran
+    return out
 
 
 def score(report: dict[str, Any], quantized: bool) -> float:
@@ -158,9 +182,9 @@ def tune(fp32_model: Path, dst: Path, *, reduce_range: bool, evaluate: Callable[
         raise BuildError(f"{fp32_model}: neural-compressor {version} tuning failed ({type(e).__name__}: {e}); "
                          "use --tuner ort") from e
     if failures:
-        e = failures[0]
-        raise BuildError(f"{fp32_model}: evaluating a neural-compressor candidate failed ({type(e).__name__}: "
-                         f"{e}); use --tuner ort") from e
+        err = failures[0]
+        raise BuildError(f"{fp32_model}: evaluating a neural-compressor candidate failed ({type(err).__name__}: "
+                         f"{err}); use --tuner ort") from err
     facts = {"tuner": "neural-compressor", "version": version, "strategy": "basic", "approach": "dynamic",
             "accuracy_criterion": "recipe thresholds on the probe set, no loss allowed",
             "max_trials": max_trials, "timeout_s": timeout, "timed_out": bool(timed_out), "trials": trials,
