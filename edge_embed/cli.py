@@ -249,7 +249,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                    from_onnx=args.from_onnx, tokenizer=args.tokenizer, prompts=_prompts(args.prompt),
                    ort_format=args.ort_format, calibration=args.calibration,
                    calibration_method=args.calibration_method, calibration_size=args.calibration_size,
-                   target=args.target, eval_sts=args.eval_sts, eval_beir=args.eval_beir)
+                   target=args.target, eval_sts=args.eval_sts, eval_beir=args.eval_beir, tuner=args.tuner,
+                   tuner_trials=args.tuner_trials, tuner_timeout=args.tuner_timeout)
     if report:
         print(format_table(report))
     print(args.output)
@@ -421,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--method", default="auto",
                    help="auto (default): dynamic INT8, sensitive nodes kept fp32 until the thresholds pass; "
                         "dynamic; static (needs --calibration); fp32")
+    b.add_argument("--tuner", default="ort", choices=("ort", "inc"),
+                   help="auto's accuracy-aware search: ort (default, onnxruntime only) or inc "
+                        "(neural-compressor's tuning; needs the inc extra, see scripts/setup_inc.sh)")
+    b.add_argument("--tuner-trials", type=int, default=20, metavar="N", help="--tuner inc: at most N trials (20)")
+    b.add_argument("--tuner-timeout", type=int, default=600, metavar="S",
+                   help="--tuner inc: stop tuning after S seconds (600)")
     b.add_argument("--calibration", metavar="FILE", help="static: calibration texts, one per line or JSONL 'text'")
     b.add_argument("--calibration-method", default="minmax", choices=("minmax", "entropy", "percentile"))
     b.add_argument("--calibration-size", type=int, default=200, metavar="N",

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ from .validate import LabelledChecks, check_thresholds, compare, drift_report, e
 __all__ = ["build", "write_bundle", "versions"]
 
 METHODS = ("auto", "dynamic", "static", "fp32")
+TUNERS = ("ort", "inc")
 _VERSIONED = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-              "tokenizers", "numpy", "huggingface-hub")
+              "tokenizers", "numpy", "huggingface-hub", "neural-compressor")
 
 
 def versions() -> dict[str, str]:
@@ -95,16 +97,27 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
           from_onnx: str | Path | None = None, tokenizer: str | Path | None = None,
           prompts: dict[str, str] | None = None, ort_format: bool = False, calibration: str | None = None,
           calibration_method: str = "minmax", calibration_size: int = DEFAULT_SIZE, target: str | None = None,
-          eval_sts: str | None = None, eval_beir: str | None = None) -> dict[str, Any]:
+          eval_sts: str | None = None, eval_beir: str | None = None, tuner: str = "ort",
+          tuner_trials: int = 20, tuner_timeout: int = 600) -> dict[str, Any]:
     """Build a bundle; returns the validation report (empty for fp32). Raises DriftError.
 
     source is a recipe, HF directory or hub id; or None with from_onnx + tokenizer, to start
     from an existing fp32 ONNX export (no torch needed). ort_format: also write model.ort.
     method: auto (dynamic INT8 + accuracy-aware fp32 fallback), dynamic, static (needs
     calibration), fp32. eval_sts / eval_beir add labelled checks to the validation.
+    tuner: who runs auto's accuracy-aware search: ort (tune.py, onnxruntime only) or inc
+    (neural-compressor's tuning, the inc extra; tuner_trials / tuner_timeout bound it).
     """
     if method not in METHODS:
         raise BuildError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
+    if tuner not in TUNERS:
+        raise BuildError(f"--tuner: {tuner!r} is not one of {', '.join(TUNERS)}")
+    if tuner == "inc":
+        if method != "auto":
+            raise BuildError(f"--tuner inc: tunes --method auto only (got --method {method})")
+        from .inc import require
+
+        require()  # before any slow work: a missing extra is one clear line
     # every input file is read and checked before the slow work starts
     calib: CalibrationSet | None = None
     if method == "static":
@@ -197,7 +210,8 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
         else:
             report, qfacts, q_model = _quantize_and_validate(
                 source or str(from_onnx), method, work, fp32_model, fp32_dir, recipe, src_facts, dim, max_len,
-                target_name, calib, calibration_method, checks, progress)
+                target_name, calib, calibration_method, checks, progress,
+                tuner=(tuner, tuner_trials, tuner_timeout))
             qfacts["graph_fusion"] = fused
             final = work / "int8-bundle"
             write_bundle(final, q_model, work / "tokenizer.json", recipe, src_facts, dim, max_len, qfacts, report,
@@ -242,8 +256,8 @@ def _place(src: Path, dst: Path, force: bool) -> None:
 
 def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Path, fp32_dir: Path, recipe: Recipe,
                            src: dict[str, Any], dim: int, max_len: int, target: str, calib: CalibrationSet | None,
-                           calibration_method: str, checks: LabelledChecks | None,
-                           progress: bool) -> tuple[dict[str, Any], dict[str, Any], Path]:
+                           calibration_method: str, checks: LabelledChecks | None, progress: bool,
+                           tuner: tuple[str, int, int] = ("ort", 0, 0)) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """Quantize, validate, and for auto/static keep sensitive nodes in fp32 until thresholds pass."""
     per_channel = recipe.quantization.get("per_channel", True)
     reference = Embedder.load(fp32_dir)
@@ -266,17 +280,19 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
             return f
         return quantize_dynamic_int8(fp32_model, dst, target, per_channel, exclude, only)
 
-    def evaluate(model: Path, qfacts: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    def evaluate(model: Path, qfacts: dict[str, Any], quiet: bool = False, labelled: bool = True) -> dict[str, Any]:
         cand = _load_unchecked(model, work, recipe, src, dim, max_len, qfacts)
         extra: dict[str, Any] = {"model_size_ratio": round(model.stat().st_size / fp32_bytes, 6)}
         report = drift_report(reference, cand, recipe.thresholds, progress=progress and not quiet, extra=extra)
-        if report["passed"] and checks:
+        if report["passed"] and checks and labelled:
             # labelled checks are slow: only a candidate that met the probe thresholds earns them
             report.update(checks.run(reference, cand, progress=progress and not quiet))
             report["shortfalls"] = check_thresholds(report, recipe.thresholds)
             report["passed"] = not report["shortfalls"]
         return report
 
+    if tuner[0] == "inc":
+        return _inc_quantize_and_validate(source, work, fp32_model, recipe, target, evaluate, tuner[1], tuner[2])
     extra_note = f", {calibration_method} calibration on {len(calib.texts)} texts" if calib else ""
     stage(f"[3/5] quantizing: {base_kind} INT8, per-channel weights, preset {target}{extra_note}")
     q_model = work / "int8.onnx"
@@ -334,12 +350,60 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
     return report, qfacts, q_model
 
 
+def _inc_quantize_and_validate(source: str, work: Path, fp32_model: Path, recipe: Recipe, target: str,
+                               evaluate: Callable[..., dict[str, Any]], max_trials: int,
+                               timeout: int) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """auto with --tuner inc: INC's tuning picks the fp32 nodes, then the usual validation judges."""
+    import onnx
+
+    from . import inc
+
+    _, p = preset(target)
+    stage(f"[3/5] quantizing: neural-compressor accuracy-aware tuning (dynamic INT8, preset {target}, "
+          f"at most {max_trials} trials / {timeout} s; each candidate validated through edge_embed)")
+    base = {"method": "auto", "base_method": "dynamic", "target": target, "weight_type": "int8",
+            "activation_type": "uint8, scales computed per batch at run time", "per_channel": "chosen by INC",
+            "reduce_range": p["reduce_range"], "excluded_nodes": [], "calibration": None}
+
+    def probe_only(model: Path) -> dict[str, Any]:
+        return evaluate(model, base, quiet=True, labelled=False)
+
+    q_model = work / "int8.onnx"
+    try:
+        tuning = inc.tune(fp32_model, q_model, reduce_range=p["reduce_range"], evaluate=probe_only, work=work,
+                          max_trials=max_trials, timeout=timeout, say=lambda m: stage(f"      {m}"))
+    except inc.NoModelError as e:
+        best = {**e.best, "shortfalls": [f"{e}; best trial {e.best['trial']} (score {e.best['score']:.4f})"]}
+        hint = (f"{source}: auto --tuner inc missed the thresholds: {best['shortfalls'][0]}. Best reached: "
+                + ", ".join(f"{k} {best[k]:.4f}" for k in ("cosine_mean", "cosine_p1", "cosine_min",
+                                                           "top10_overlap", "model_size_ratio"))
+                + "; thresholds: " + ", ".join(f"{k} {v}" for k, v in sorted(recipe.thresholds.items()))
+                + ". No bundle written. Try more --tuner-trials / --tuner-timeout, or the default --tuner ort")
+        raise DriftError(hint) from None
+    tuned = onnx.load(str(q_model), load_external_data=False)
+    kept = inc.fp32_nodes_of(quantizable_nodes(fp32_model), tuned)
+    qfacts = {**base, "per_channel": inc.weight_granularity(tuned),
+              "tuner": {k: v for k, v in tuning.items() if k != "trials"} | {"trials": len(tuning["trials"])},
+              "excluded_nodes": sorted(c["node"] for c in kept),
+              "fp32_nodes": [{"node": c["node"], "op": c["op"], "params": c["params"],
+                              "why": "left in fp32 by neural-compressor's tuning"} for c in kept]}
+    stage("[4/5] validating the tuned model against the fp32 reference through edge_embed")
+    report = evaluate(q_model, qfacts)
+    report["tuning"] = tuning
+    if not report["passed"]:
+        raise DriftError(_drift_message(source, "auto --tuner inc", report, recipe.thresholds))
+    return report, qfacts, q_model
+
+
 def _drift_message(source: str, method: str, report: dict[str, Any], thresholds: dict[str, float]) -> str:
     figs = ", ".join(f"{k} {report[k]:.4f}" for k in ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap",
                                                        "model_size_ratio", "sts_spearman_retained")
                      if isinstance(report.get(k), float))
     limits = ", ".join(f"{k} {'<=' if k == 'model_size_ratio' else '>='} {v}" for k, v in sorted(thresholds.items()))
-    if method == "static":
+    if method.endswith("--tuner inc"):
+        hint = ("more --tuner-trials / --tuner-timeout, the default --tuner ort (ranks nodes by measured loss per "
+                "byte), or looser thresholds (--threshold KEY=VALUE)")
+    elif method == "static":
         hint = ("more or more typical calibration text (--calibration-size), another --calibration-method, "
                 "--method auto (dynamic INT8 with fp32 fallback), or looser thresholds (--threshold KEY=VALUE)")
     elif method == "auto":
