@@ -33,7 +33,7 @@ from .int8 import (
 )
 from .recipe import Recipe, fill_from_model_dir, resolve_source
 from .selfcheck import FP32_MIN_COSINE, add_self_check
-from .tune import mixed_precision, sensitivity
+from .tune import emulator, mixed_precision, sensitivity
 from .validate import LabelledChecks, check_thresholds, compare, drift_report, embed_with_progress, load_probes
 
 __all__ = ["build", "write_bundle", "versions"]
@@ -302,7 +302,12 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
             cand = _load_unchecked(model, work, recipe, src, dim, max_len, qfacts)
             return compare(ref_slice, cand.embed(slice_))
 
-        ranked = sensitivity(quantizable_nodes(fp32_model), quantize, measure, work, budget)
+        candidates = quantizable_nodes(fp32_model)
+        emulate = None
+        if base_kind == "dynamic":
+            emulate = emulator(fp32_model, work / "emulated.onnx", [c["node"] for c in candidates], target,
+                               reference, slice_, ref_slice)
+        ranked = sensitivity(candidates, quantize, measure, work, budget, emulated=emulate)
         trial_model = work / "trial.onnx"
 
         def try_exclusion(exclude: list[str]) -> dict[str, Any]:

@@ -114,6 +114,42 @@ def test_auto_tiny_keeps_nodes_fp32_and_says_why(tmp_path: Path, tiny_bert_dir: 
     assert m["validation"]["cosine_mean"] >= want
     tuning = json.loads((out / "validation.json").read_text())["tuning"]
     assert tuning["trials"][-1]["passed"] and tuning["sensitivity"]
+    # dynamic INT8: MatMul and Attention nodes are measured in the one emulating session
+    assert {c["measured"] for c in tuning["sensitivity"] if c["op"] in ("MatMul", "Attention")} == {"emulated"}
+
+
+def test_emulated_sensitivity_matches_quantizing_each_node(tmp_path: Path, tiny_cls: Path) -> None:
+    """The one-session emulation must give each node the loss that really quantizing it alone gives."""
+    import shutil
+
+    from edge_embed import Embedder
+    from quantize.int8 import quantizable_nodes, quantize_dynamic_int8
+    from quantize.tune import emulator
+    from quantize.validate import compare, load_probes
+
+    ref = Embedder.load(tiny_cls)
+    texts = load_probes()[::8]
+    ref_vecs = ref.embed(texts)
+    nodes = quantizable_nodes(tiny_cls / "model.onnx")
+    measure = emulator(tiny_cls / "model.onnx", tmp_path / "emu.onnx", [c["node"] for c in nodes], None, ref,
+                       texts, ref_vecs)
+    checked = 0
+    for c in nodes:
+        emu = measure(c["node"])
+        if c["op"] not in ("MatMul", "Attention"):
+            continue
+        assert emu is not None, c
+        bundle = tmp_path / "one"
+        shutil.copytree(tiny_cls, bundle, dirs_exist_ok=True)
+        quantize_dynamic_int8(tiny_cls / "model.onnx", bundle / "model.onnx", None, True, None, [c["node"]])
+        m = json.loads((bundle / "manifest.json").read_text())
+        m["files"]["model.onnx"]["bytes"] = (bundle / "model.onnx").stat().st_size
+        (bundle / "manifest.json").write_text(json.dumps(m))
+        exact = compare(ref_vecs, Embedder.load(bundle).embed(texts))
+        for key in ("cosine_mean", "cosine_p1"):
+            assert abs((1 - emu[key]) - (1 - exact[key])) <= 1e-5 + 0.05 * (1 - exact[key]), (c["node"], key)
+        checked += 1
+    assert checked >= 4
 
 
 # ------------------------------------------------------------------ real all-MiniLM-L6-v2
