@@ -264,10 +264,13 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
             return f
         return quantize_dynamic_int8(fp32_model, dst, target, per_channel, exclude, only)
 
+    ref_cache: dict[Any, Any] = {}
+
     def evaluate(model: Path, qfacts: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
         cand = _load_unchecked(model, work, recipe, src, dim, max_len, qfacts)
         extra: dict[str, Any] = {"model_size_ratio": round(model.stat().st_size / fp32_bytes, 6)}
-        report = drift_report(reference, cand, recipe.thresholds, progress=progress and not quiet, extra=extra)
+        report = drift_report(reference, cand, recipe.thresholds, progress=progress and not quiet, extra=extra,
+                              ref_cache=ref_cache)
         if report["passed"] and checks:
             # labelled checks are slow: only a candidate that met the probe thresholds earns them
             report.update(checks.run(reference, cand, progress=progress and not quiet))
@@ -339,7 +342,8 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
 
 def _drift_message(source: str, method: str, report: dict[str, Any], thresholds: dict[str, float]) -> str:
     figs = ", ".join(f"{k} {report[k]:.4f}" for k in ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap",
-                                                       "model_size_ratio", "sts_spearman_retained")
+                                                       "model_size_ratio", "sts_spearman_retained",
+                                                       "ndcg10_retained")
                      if isinstance(report.get(k), float))
     limits = ", ".join(f"{k} {'<=' if k == 'model_size_ratio' else '>='} {v}" for k, v in sorted(thresholds.items()))
     if method == "static":

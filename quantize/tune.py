@@ -153,10 +153,14 @@ def mixed_precision(ranked: list[dict[str, Any]], base: dict[str, Any], threshol
             continue
         report = try_exclusion(list(excluded))
         figures = {key: report.get(key) for key in ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap",
-                                                     "sts_spearman_retained", "model_size_ratio")}
+                                                     "sts_spearman_retained", "ndcg10_retained",
+                                                     "model_size_ratio")}
         trials.append({"fp32_nodes": len(excluded), "added": c["node"], **figures, "passed": report["passed"]})
         _say(f"trial {len(trials)}: {len(excluded)} node(s) in fp32 -> mean {report['cosine_mean']:.4f}, "
              f"p1 {report['cosine_p1']:.4f}, size {report['model_size_ratio']:.2f} of fp32"
+             + "".join(f", {label} {report[key]:.4f}" for key, label in
+                       (("sts_spearman_retained", "STS retained"), ("ndcg10_retained", "nDCG@10 retained"))
+                       if isinstance(report.get(key), float))
              + (" (passed)" if report["passed"] else ""))
         if report["passed"]:
             return list(excluded), report, trials

@@ -183,3 +183,25 @@ def test_minilm_static_with_calibration(tmp_path: Path) -> None:
     assert m["quantization"]["method"] == "static" and m["quantization"]["calibration"]["texts_used"] == 64
     assert _quantize_linear_count(out / "model.onnx") > 0
     assert m["validation"]["model_size_ratio"] <= 0.40
+
+
+def test_search_keeps_going_until_labelled_checks_pass() -> None:
+    """Probe figures can pass before a task metric does: the greedy search must follow the task metric."""
+    from quantize.tune import mixed_precision
+
+    ranked = [{"node": f"n{i}", "fp32_extra_bytes": 10, "mean_cosine_loss": 1e-3, "p1_cosine_loss": 1e-3}
+              for i in range(5)]
+    base = {"cosine_mean": 0.996, "cosine_p1": 0.992, "passed": False}  # probes pass, the task metric not
+    tried = []
+
+    def trial(excluded: list[str]) -> dict:
+        tried.append(len(excluded))
+        ndcg = 0.99 + 0.003 * len(excluded)  # the retrieval check passes from 3 fp32 nodes on
+        shortfalls = [] if ndcg >= 0.997 else ["ndcg10_retained short"]
+        return {"cosine_mean": 0.996, "cosine_p1": 0.992, "model_size_ratio": 0.3, "ndcg10_retained": ndcg,
+                "passed": not shortfalls, "shortfalls": shortfalls}
+
+    excluded, report, trials = mixed_precision(ranked, base, {"cosine_mean": 0.995, "ndcg10_retained": 0.997},
+                                               1e9, trial)
+    assert excluded == ["n0", "n1", "n2"] and report["passed"] and tried == [1, 2, 3]
+    assert [t["ndcg10_retained"] for t in trials] == [0.993, 0.996, 0.999]
