@@ -68,7 +68,7 @@ def emulator(fp32_model: Path, dst: Path, nodes: list[str], target: str | None, 
     so.log_severity_level = 3
     gated = _GatedSession(ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]), len(emulated))
     # private constructor: the emulating graph has one input a bundle must not have
-    emb = Embedder(reference.path, reference.manifest, gated, reference._tok)  # type: ignore[arg-type]
+    emb = Embedder(reference.path, reference.manifest, gated, reference._tok)
 
     def measure(node: str) -> dict[str, float] | None:
         if node not in index:
