@@ -34,7 +34,7 @@ from .int8 import (
 )
 from .recipe import Recipe, fill_from_model_dir, resolve_source
 from .selfcheck import FP32_MIN_COSINE, add_self_check
-from .tune import mixed_precision, sensitivity
+from .tune import emulator, mixed_precision, sensitivity
 from .validate import LabelledChecks, check_thresholds, compare, drift_report, embed_with_progress, load_probes
 
 __all__ = ["build", "write_bundle", "versions"]
@@ -280,10 +280,13 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
             return f
         return quantize_dynamic_int8(fp32_model, dst, target, per_channel, exclude, only)
 
+    ref_cache: dict[Any, Any] = {}
+
     def evaluate(model: Path, qfacts: dict[str, Any], quiet: bool = False, labelled: bool = True) -> dict[str, Any]:
         cand = _load_unchecked(model, work, recipe, src, dim, max_len, qfacts)
         extra: dict[str, Any] = {"model_size_ratio": round(model.stat().st_size / fp32_bytes, 6)}
-        report = drift_report(reference, cand, recipe.thresholds, progress=progress and not quiet, extra=extra)
+        report = drift_report(reference, cand, recipe.thresholds, progress=progress and not quiet, extra=extra,
+                              ref_cache=ref_cache)
         if report["passed"] and checks and labelled:
             # labelled checks are slow: only a candidate that met the probe thresholds earns them
             report.update(checks.run(reference, cand, progress=progress and not quiet))
@@ -320,7 +323,15 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
             cand = _load_unchecked(model, work, recipe, src, dim, max_len, qfacts)
             return compare(ref_slice, cand.embed(slice_))
 
-        ranked = sensitivity(quantizable_nodes(fp32_model), quantize, measure, work, budget)
+        candidates = quantizable_nodes(fp32_model)
+        emulate = None
+        if base_kind == "dynamic":
+            emulate = emulator(fp32_model, work / "emulated.onnx", [c["node"] for c in candidates], target,
+                               reference, slice_, ref_slice)
+        t_sens = time.perf_counter()
+        ranked = sensitivity(candidates, quantize, measure, work, budget, emulated=emulate)
+        t_sens = time.perf_counter() - t_sens
+        del emulate  # its session holds a second copy of the weights; the trials do not need it
         trial_model = work / "trial.onnx"
 
         def try_exclusion(exclude: list[str]) -> dict[str, Any]:
@@ -329,6 +340,7 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
 
         excluded, best, trials = mixed_precision(ranked, report, recipe.thresholds, budget, try_exclusion)
         tuning = {"objective": "recipe thresholds", "sensitivity_probes": len(slice_),
+                  "sensitivity_seconds": round(t_sens, 1),
                   "size_budget_bytes": None if budget == float("inf") else int(budget),
                   "first_pass": {k: report.get(k) for k in ("cosine_mean", "cosine_p1", "cosine_min",
                                                              "top10_overlap", "model_size_ratio")},
@@ -397,7 +409,8 @@ def _inc_quantize_and_validate(source: str, work: Path, fp32_model: Path, recipe
 
 def _drift_message(source: str, method: str, report: dict[str, Any], thresholds: dict[str, float]) -> str:
     figs = ", ".join(f"{k} {report[k]:.4f}" for k in ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap",
-                                                       "model_size_ratio", "sts_spearman_retained")
+                                                       "model_size_ratio", "sts_spearman_retained",
+                                                       "ndcg10_retained")
                      if isinstance(report.get(k), float))
     limits = ", ".join(f"{k} {'<=' if k == 'model_size_ratio' else '>='} {v}" for k, v in sorted(thresholds.items()))
     if method.endswith("--tuner inc"):

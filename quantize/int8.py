@@ -15,7 +15,8 @@ from typing import Any
 
 from . import BuildError
 
-__all__ = ["CALIBRATION_METHODS", "PRESETS", "TARGETS", "count_activation_quantizers", "detect_target",
+__all__ = ["CALIBRATION_METHODS", "GATE", "PRESETS", "TARGETS", "count_activation_quantizers", "detect_target",
+           "emulated_quantization_model",
            "quantizable_nodes", "quantize_dynamic_int8", "quantize_static_int8", "with_types"]
 
 # onnxruntime's own guidance for CPU inference (quantize_static docstring, ORT >= 1.20):
@@ -181,3 +182,78 @@ def quantize_static_int8(src: Path, dst: Path, reader: Any, cache: Path, calibra
         "calibration_method": calibration_method,
         "excluded_nodes": sorted(exclude or []),
     }
+
+
+GATE = "edge_embed_sensitivity_gate"
+
+
+def _fake_quant_weight(w: Any, reduce_range: bool) -> Any:
+    """Dequantized per-channel symmetric INT8 weights, as the dynamic quantizer computes them.
+
+    Symmetric int8 range (-127, 127), or (-64, 64) with reduce_range; one scale per output
+    column (axis 1 of a MatMul's [K, N] weight).
+    """
+    import numpy as np
+
+    qmax = 64.0 if reduce_range else 127.0
+    w64 = w.astype(np.float64)
+    absmax = np.abs(w64).max(axis=tuple(range(w.ndim - 1)), keepdims=True) if w.ndim > 1 else np.abs(w64).max()
+    scale = np.where(absmax > 0, absmax / qmax, 1.0)
+    return (np.clip(np.round(w64 / scale), -qmax, qmax) * scale).astype(np.float32)
+
+
+def emulated_quantization_model(src: Path, dst: Path, nodes: list[str], target: str | None = None) -> list[str]:
+    """A copy of ``src`` where each listed node's INT8 error can be switched on at run time.
+
+    Node i's weight becomes ``W + g[i] * (dq(q(W)) - W)`` and its activation input
+    ``X + g[i] * (dq(q(X)) - X)`` (DynamicQuantizeLinear, the uint8 per-batch scheme ORT's
+    dynamic INT8 uses), where ``g`` is the float input GATE of length len(emulated). One
+    session then measures every node's isolated cost by feeding a one-hot gate, instead of
+    quantizing, saving and loading one model per node. Only MatMul and Attention nodes with
+    an initializer weight are emulated; returns their names in gate order (the others need
+    the exact, slower path).
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    _, p = preset(target)
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    wanted = set(nodes)
+    emulated: list[str] = []
+    new_nodes = []
+    new_inits = []
+    for node in graph.node:
+        w_name = node.input[1] if len(node.input) > 1 else ""
+        if (node.name in wanted and node.op_type in ("MatMul", "Attention") and w_name in inits
+                and inits[w_name].data_type == onnx.TensorProto.FLOAT and len(inits[w_name].dims) == 2):
+            i = len(emulated)
+            emulated.append(node.name)
+            tag = f"edge_embed_emu_{i}"
+            w = numpy_helper.to_array(inits[w_name])
+            new_inits += [numpy_helper.from_array(_fake_quant_weight(w, p["reduce_range"]) - w, f"{tag}_dw"),
+                          numpy_helper.from_array(np.array(i, dtype=np.int64), f"{tag}_idx")]
+            x = node.input[0]
+            new_nodes += [
+                helper.make_node("Gather", [GATE, f"{tag}_idx"], [f"{tag}_g"], name=f"{tag}_gate"),
+                helper.make_node("Mul", [f"{tag}_g", f"{tag}_dw"], [f"{tag}_gdw"], name=f"{tag}_wmul"),
+                helper.make_node("Add", [w_name, f"{tag}_gdw"], [f"{tag}_w"], name=f"{tag}_wadd"),
+                helper.make_node("DynamicQuantizeLinear", [x], [f"{tag}_xq", f"{tag}_xs", f"{tag}_xz"],
+                                 name=f"{tag}_xquant"),
+                helper.make_node("DequantizeLinear", [f"{tag}_xq", f"{tag}_xs", f"{tag}_xz"], [f"{tag}_xdq"],
+                                 name=f"{tag}_xdequant"),
+                helper.make_node("Sub", [f"{tag}_xdq", x], [f"{tag}_dx"], name=f"{tag}_xsub"),
+                helper.make_node("Mul", [f"{tag}_g", f"{tag}_dx"], [f"{tag}_gdx"], name=f"{tag}_xmul"),
+                helper.make_node("Add", [x, f"{tag}_gdx"], [f"{tag}_x"], name=f"{tag}_xadd"),
+            ]
+            node.input[0] = f"{tag}_x"
+            node.input[1] = f"{tag}_w"
+        new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(new_inits)
+    graph.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(emulated)]))
+    onnx.save(model, str(dst))
+    return emulated

@@ -87,10 +87,23 @@ def check_thresholds(figures: dict[str, float], thresholds: dict[str, float]) ->
 
 def drift_report(reference: Embedder, candidate: Embedder, thresholds: dict[str, float],
                  texts: list[str] | None = None, progress: bool = True,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Embed the probe set with both, return the figures, thresholds and verdict."""
+                 extra: dict[str, Any] | None = None,
+                 ref_cache: dict[Any, np.ndarray] | None = None) -> dict[str, Any]:
+    """Embed the probe set with both, return the figures, thresholds and verdict.
+
+    ref_cache: a dict kept across calls with the same reference (the trials of a search), so
+    the reference's vectors are computed once.
+    """
     probes = texts if texts is not None else load_probes()
-    ref = embed_with_progress(reference, probes, "fp32 reference", progress=progress)
+    cache: dict[Any, np.ndarray] = ref_cache if ref_cache is not None else {}
+
+    def ref_vectors(batch: list[str], label: str, prompt: str | None = None) -> np.ndarray:
+        key = (prompt, hashlib.sha256("\n".join(batch).encode()).hexdigest())
+        if key not in cache:
+            cache[key] = embed_with_progress(reference, batch, label, prompt=prompt, progress=progress)
+        return cache[key]
+
+    ref = ref_vectors(probes, "fp32 reference")
     got = embed_with_progress(candidate, probes, "quantized", progress=progress)
     figures = compare(ref, got)
     # queries are embedded with each of the model's prompts too: that is how they are served
@@ -98,7 +111,7 @@ def drift_report(reference: Embedder, candidate: Embedder, thresholds: dict[str,
     for name in sorted(candidate.prompts):
         short = [t for t in probes if len(t.split()) <= 12]
         if short:
-            a = embed_with_progress(reference, short, f"fp32 '{name}' prompt", prompt=name, progress=progress)
+            a = ref_vectors(short, f"fp32 '{name}' prompt", prompt=name)
             b = embed_with_progress(candidate, short, f"quantized '{name}' prompt", prompt=name, progress=progress)
             prompt_figs[name] = compare(a, b)
     lengths = candidate.token_count(probes)

@@ -114,6 +114,42 @@ def test_auto_tiny_keeps_nodes_fp32_and_says_why(tmp_path: Path, tiny_bert_dir: 
     assert m["validation"]["cosine_mean"] >= want
     tuning = json.loads((out / "validation.json").read_text())["tuning"]
     assert tuning["trials"][-1]["passed"] and tuning["sensitivity"]
+    # dynamic INT8: MatMul and Attention nodes are measured in the one emulating session
+    assert {c["measured"] for c in tuning["sensitivity"] if c["op"] in ("MatMul", "Attention")} == {"emulated"}
+
+
+def test_emulated_sensitivity_matches_quantizing_each_node(tmp_path: Path, tiny_cls: Path) -> None:
+    """The one-session emulation must give each node the loss that really quantizing it alone gives."""
+    import shutil
+
+    from edge_embed import Embedder
+    from quantize.int8 import quantizable_nodes, quantize_dynamic_int8
+    from quantize.tune import emulator
+    from quantize.validate import compare, load_probes
+
+    ref = Embedder.load(tiny_cls)
+    texts = load_probes()[::8]
+    ref_vecs = ref.embed(texts)
+    nodes = quantizable_nodes(tiny_cls / "model.onnx")
+    measure = emulator(tiny_cls / "model.onnx", tmp_path / "emu.onnx", [c["node"] for c in nodes], None, ref,
+                       texts, ref_vecs)
+    checked = 0
+    for c in nodes:
+        emu = measure(c["node"])
+        if c["op"] not in ("MatMul", "Attention"):
+            continue
+        assert emu is not None, c
+        bundle = tmp_path / "one"
+        shutil.copytree(tiny_cls, bundle, dirs_exist_ok=True)
+        quantize_dynamic_int8(tiny_cls / "model.onnx", bundle / "model.onnx", None, True, None, [c["node"]])
+        m = json.loads((bundle / "manifest.json").read_text())
+        m["files"]["model.onnx"]["bytes"] = (bundle / "model.onnx").stat().st_size
+        (bundle / "manifest.json").write_text(json.dumps(m))
+        exact = compare(ref_vecs, Embedder.load(bundle).embed(texts))
+        for key in ("cosine_mean", "cosine_p1"):
+            assert abs((1 - emu[key]) - (1 - exact[key])) <= 1e-5 + 0.05 * (1 - exact[key]), (c["node"], key)
+        checked += 1
+    assert checked >= 4
 
 
 # ------------------------------------------------------------------ real all-MiniLM-L6-v2
@@ -147,3 +183,25 @@ def test_minilm_static_with_calibration(tmp_path: Path) -> None:
     assert m["quantization"]["method"] == "static" and m["quantization"]["calibration"]["texts_used"] == 64
     assert _quantize_linear_count(out / "model.onnx") > 0
     assert m["validation"]["model_size_ratio"] <= 0.40
+
+
+def test_search_keeps_going_until_labelled_checks_pass() -> None:
+    """Probe figures can pass before a task metric does: the greedy search must follow the task metric."""
+    from quantize.tune import mixed_precision
+
+    ranked = [{"node": f"n{i}", "fp32_extra_bytes": 10, "mean_cosine_loss": 1e-3, "p1_cosine_loss": 1e-3}
+              for i in range(5)]
+    base = {"cosine_mean": 0.996, "cosine_p1": 0.992, "passed": False}  # probes pass, the task metric not
+    tried = []
+
+    def trial(excluded: list[str]) -> dict:
+        tried.append(len(excluded))
+        ndcg = 0.99 + 0.003 * len(excluded)  # the retrieval check passes from 3 fp32 nodes on
+        shortfalls = [] if ndcg >= 0.997 else ["ndcg10_retained short"]
+        return {"cosine_mean": 0.996, "cosine_p1": 0.992, "model_size_ratio": 0.3, "ndcg10_retained": ndcg,
+                "passed": not shortfalls, "shortfalls": shortfalls}
+
+    excluded, report, trials = mixed_precision(ranked, base, {"cosine_mean": 0.995, "ndcg10_retained": 0.997},
+                                               1e9, trial)
+    assert excluded == ["n0", "n1", "n2"] and report["passed"] and tried == [1, 2, 3]
+    assert [t["ndcg10_retained"] for t in trials] == [0.993, 0.996, 0.999]
