@@ -328,9 +328,8 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
         if base_kind == "dynamic":
             emulate = emulator(fp32_model, work / "emulated.onnx", [c["node"] for c in candidates], target,
                                reference, slice_, ref_slice)
-        t_sens = time.perf_counter()
+        # its time is printed, not recorded: validation.json stays byte-reproducible
         ranked = sensitivity(candidates, quantize, measure, work, budget, emulated=emulate)
-        t_sens = time.perf_counter() - t_sens
         del emulate  # its session holds a second copy of the weights; the trials do not need it
         trial_model = work / "trial.onnx"
 
@@ -340,7 +339,6 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
 
         excluded, best, trials = mixed_precision(ranked, report, recipe.thresholds, budget, try_exclusion)
         tuning = {"objective": "recipe thresholds", "sensitivity_probes": len(slice_),
-                  "sensitivity_seconds": round(t_sens, 1),
                   "size_budget_bytes": None if budget == float("inf") else int(budget),
                   "first_pass": {k: report.get(k) for k in ("cosine_mean", "cosine_p1", "cosine_min",
                                                              "top10_overlap", "model_size_ratio")},
