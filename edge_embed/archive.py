@@ -149,6 +149,19 @@ def _padding(size: int) -> int:
     return -size % _BLOCK
 
 
+def _write_member(f: IO[bytes], root: Path, top: str, name: str) -> tuple[int, int]:
+    """Write one bundle file's header and bytes (no padding); return where its bytes start and their size."""
+    path = root / name
+    size = path.stat().st_size
+    f.write(_header(_tarinfo(f"{top}/{name}", size)))
+    at = f.tell()
+    with open(path, "rb") as src:
+        shutil.copyfileobj(src, f, _CHUNK)
+    if f.tell() - at != size:
+        raise BundleError(f"{path}: changed while it was being packed; pack again")
+    return at, size
+
+
 def pack(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Verify a bundle directory (every sha256) and write it as one uncompressed tar.
 
@@ -169,21 +182,14 @@ def pack(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, for
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.partial")
     model = manifest.model_file
-    names = [MANIFEST_NAME, *sorted(n for n in manifest.files if n != model), model]
+    names = [MANIFEST_NAME, *sorted(n for n in manifest.files if n != model)]
     try:
         with open(tmp, "wb") as f:
             f.write(bytes(_BLOCK))  # the opening global header, written once the model's offset is known
             for name in names:
-                path = root / name
-                size = path.stat().st_size
-                f.write(_header(_tarinfo(f"{top}/{name}", size)))
-                model_at = f.tell()  # where this member's bytes start; the model's, after the loop
-                with open(path, "rb") as src:
-                    shutil.copyfileobj(src, f, _CHUNK)
-                if f.tell() - model_at != size:
-                    raise BundleError(f"{path}: changed while it was being packed; pack again")
-                if name != model:
-                    f.write(bytes(_padding(size)))
+                _, size = _write_member(f, root, top, name)
+                f.write(bytes(_padding(size)))
+            model_at, size = _write_member(f, root, top, model)
             # the model is last: after its bytes, a field opens that runs to the end of the file
             pad = _padding(size)
             rest = _header(_tarinfo(top, 0, directory=True)) + bytes(2 * _BLOCK)
