@@ -384,12 +384,7 @@ def _inc_quantize_and_validate(source: str, work: Path, fp32_model: Path, recipe
                           max_trials=max_trials, timeout=timeout, say=lambda m: stage(f"      {m}"))
     except inc.NoModelError as e:
         best = {**e.best, "shortfalls": [f"{e}; best trial {e.best['trial']} (score {e.best['score']:.4f})"]}
-        hint = (f"{source}: auto --tuner inc missed the thresholds: {best['shortfalls'][0]}. Best reached: "
-                + ", ".join(f"{k} {best[k]:.4f}" for k in ("cosine_mean", "cosine_p1", "cosine_min",
-                                                           "top10_overlap", "model_size_ratio"))
-                + "; thresholds: " + ", ".join(f"{k} {v}" for k, v in sorted(recipe.thresholds.items()))
-                + ". No bundle written. Try more --tuner-trials / --tuner-timeout, or the default --tuner ort")
-        raise DriftError(hint) from None
+        raise DriftError(_drift_message(source, "auto --tuner inc", best, recipe.thresholds)) from None
     tuned = onnx.load(str(q_model), load_external_data=False)
     kept = inc.fp32_nodes_of(quantizable_nodes(fp32_model), tuned)
     qfacts = {**base, "per_channel": inc.weight_granularity(tuned),
