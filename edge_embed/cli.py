@@ -178,6 +178,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantization_summary(q: dict[str, Any]) -> str:
+    """e.g. "auto, avx512-vnni preset, 6 MatMuls with per-token scales, 0 nodes in fp32"."""
+    parts = [str(q.get("method", "?"))]
+    if q.get("target"):
+        parts.append(f"{q['target']} preset")
+    if isinstance(q.get("per_token_nodes"), list) and q["per_token_nodes"]:
+        parts.append(f"{len(q['per_token_nodes'])} MatMuls with per-token scales")
+    if isinstance(q.get("fp32_nodes"), list) and q.get("method") != "fp32":
+        parts.append(f"{len(q['fp32_nodes'])} nodes in fp32")
+    return ", ".join(parts)
+
+
 def _print_info(m: Manifest, path: str) -> None:
     q, v = m.quantization, m.validation
     size = sum(f.bytes for f in m.files.values())
@@ -186,7 +198,7 @@ def _print_info(m: Manifest, path: str) -> None:
         ("revision", m.source.get("revision") or "-"), ("dim", m.dim), ("max_length", m.max_length),
         ("pooling", m.pooling), ("normalize", m.normalize),
         ("prompts", ", ".join(f"{k}={p!r}" for k, p in m.prompts.items()) or "-"),
-        ("quantization", q.get("method", "?")), ("size", f"{size / 1e6:.1f} MB in {len(m.files)} files"),
+        ("quantization", _quantization_summary(q)), ("size", f"{size / 1e6:.1f} MB in {len(m.files)} files"),
     ]
     if v:
         figs = ", ".join(f"{k}={v[k]:.4f}" for k in ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap")

@@ -26,15 +26,17 @@ from .export import export_onnx, fetch, fuse, model_facts, save_tokenizer
 from .from_onnx import prepare_from_onnx
 from .int8 import (
     CALIBRATION_METHODS,
+    per_token_model,
     preset,
     quantizable_nodes,
     quantize_dynamic_int8,
     quantize_static_int8,
+    weighted_matmuls,
     with_types,
 )
 from .recipe import Recipe, fill_from_model_dir, resolve_source
 from .selfcheck import FP32_MIN_COSINE, add_self_check
-from .tune import emulator, mixed_precision, sensitivity
+from .tune import emulator, mixed_precision, outlier_ratios, per_token_search, sensitivity
 from .validate import LabelledChecks, check_thresholds, compare, drift_report, embed_with_progress, load_probes
 
 __all__ = ["build", "write_bundle", "versions"]
@@ -272,13 +274,25 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
         reader = TextCalibrationReader(calib.texts, work / "tokenizer.json", inputs,
                                        fixed_length=calibration_method != "minmax")
 
+    per_token: dict[str, float] = {}  # node -> outlier ratio, for the nodes given per-token scales
+
     def quantize(dst: Path, exclude: list[str] | None, only: list[str] | None) -> dict[str, Any]:
         if reader is not None and calib is not None:
             f = quantize_static_int8(fp32_model, dst, reader, work / "calibration-ranges.json",
                                      calibration_method, target, per_channel, exclude, only)
             f["calibration"] = calib.describe()
             return f
-        return quantize_dynamic_int8(fp32_model, dst, target, per_channel, exclude, only)
+        pt = [n for n in per_token if n not in (exclude or [])] if only is None else []
+        src = fp32_model
+        if pt:
+            src = work / "per-token.onnx"
+            per_token_model(fp32_model, src, pt, target)
+        f = quantize_dynamic_int8(src, dst, target, per_channel, exclude, only)
+        if pt:
+            f["activation_type"] = ("uint8, scales computed at run time: one per token for per_token_nodes, "
+                                    "one per batch elsewhere")
+            f["per_token_nodes"] = [{"node": n, "outlier_ratio": per_token[n]} for n in pt]
+        return f
 
     ref_cache: dict[Any, Any] = {}
 
@@ -310,13 +324,49 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
     budget = ratio * fp32_bytes - q_model.stat().st_size if ratio else float("inf")
     # keeping nodes in fp32 only buys fidelity: it cannot help a model that is already too big
     can_tune = budget > 0 and any(not s.startswith("model_size_ratio") for s in report["shortfalls"])
+    tuning: dict[str, Any] = {}
+    slice_: list[str] = []
     if not report["passed"] and method in ("auto", "static") and can_tune:
-        stage(f"      {base_kind} INT8 misses: {'; '.join(report['shortfalls'])}")
-        stage("      measuring each node's sensitivity (only that node quantized, probe slice)")
         probes = load_probes()
         lengths = reference.token_count(probes)
-        # short and medium probes keep the sensitivity pass fast; the full set judges every trial
+        # short and medium probes keep the measuring passes fast; the full set judges every trial
         slice_ = [t for t, n in zip(probes, lengths, strict=True) if n <= 128][::3]
+    matmuls = weighted_matmuls(fp32_model) if method == "auto" and not report["passed"] and can_tune else []
+    if matmuls:
+        stage(f"      dynamic INT8 misses: {'; '.join(report['shortfalls'])}")
+        stage(f"      measuring activation outliers at {len(matmuls)} MatMuls (fp32, {len(slice_)} probes)")
+        ratios = outlier_ratios(fp32_model, work / "outliers.onnx", matmuls, reference, slice_)
+        pt_model = work / "per-token-trial.onnx"
+
+        last: dict[str, Any] = {}
+
+        def try_per_token(nodes: list[str]) -> dict[str, Any]:
+            per_token.clear()
+            per_token.update({n: ratios[n] for n in nodes})
+            last["facts"] = quantize(pt_model, None, None)
+            return evaluate(pt_model, last["facts"], quiet=True)
+
+        chosen, pt_report, pt_trials = per_token_search(ratios, try_per_token)
+        tuning["per_token"] = {"outlier_ratios": dict(sorted(ratios.items(), key=lambda kv: -kv[1])),
+                               "trials": pt_trials}
+        per_token.clear()
+        per_token.update({n: ratios[n] for n in chosen})
+        if pt_report is not None and pt_report["passed"]:
+            # the search stops at the first passing trial, so the trial model is the one that passed
+            shutil.move(str(pt_model), str(q_model))
+            report, facts = pt_report, last["facts"]
+        else:
+            # the best tier stays: the fp32 search below works on top of it
+            facts = quantize(q_model, None, None)
+            report = evaluate(q_model, facts, quiet=True)
+        qfacts = {**facts, "method": "auto", "base_method": "dynamic", "fp32_nodes": []}
+        if report["passed"]:
+            report["tuning"] = {"objective": "recipe thresholds", **tuning}
+        budget = ratio * fp32_bytes - q_model.stat().st_size if ratio else float("inf")
+    if not report["passed"] and method in ("auto", "static") and can_tune:
+        stage(f"      {base_kind} INT8{' with per-token scales' if per_token else ''} misses: "
+              f"{'; '.join(report['shortfalls'])}")
+        stage("      measuring each node's sensitivity (only that node quantized, probe slice)")
         ref_slice = embed_with_progress(reference, slice_, "fp32 probe slice", progress=False)
 
         def measure(model: Path) -> dict[str, float]:
@@ -333,12 +383,15 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
         del emulate  # its session holds a second copy of the weights; the trials do not need it
         trial_model = work / "trial.onnx"
 
+        trial_facts: dict[str, Any] = {}
+
         def try_exclusion(exclude: list[str]) -> dict[str, Any]:
-            f = quantize(trial_model, exclude, None)
-            return evaluate(trial_model, f, quiet=True)
+            trial_facts.clear()
+            trial_facts.update(quantize(trial_model, exclude, None))
+            return evaluate(trial_model, trial_facts, quiet=True)
 
         excluded, best, trials = mixed_precision(ranked, report, recipe.thresholds, budget, try_exclusion)
-        tuning = {"objective": "recipe thresholds", "sensitivity_probes": len(slice_),
+        tuning = {"objective": "recipe thresholds", **tuning, "sensitivity_probes": len(slice_),
                   "size_budget_bytes": None if budget == float("inf") else int(budget),
                   "first_pass": {k: report.get(k) for k in ("cosine_mean", "cosine_p1", "cosine_min",
                                                              "top10_overlap", "model_size_ratio")},
@@ -346,7 +399,9 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
         if best["passed"]:
             # the search stops at the first passing trial, so trial.onnx is the model that passed
             shutil.move(str(trial_model), str(q_model))
-            qfacts = {**qfacts, "excluded_nodes": sorted(excluded)}
+            # the passing trial's own facts (its per-token nodes lose those it keeps in fp32)
+            kept = {k: v for k, v in qfacts.items() if k not in ("per_token_nodes", "activation_type")}
+            qfacts = {**kept, **trial_facts, "method": qfacts["method"], "excluded_nodes": sorted(excluded)}
             why = {c["node"]: c for c in ranked}
             qfacts["fp32_nodes"] = [
                 {"node": n, "op": why[n]["op"], "params": why[n]["params"],

@@ -9,6 +9,7 @@ fp32. Does not validate or choose exclusions; validate.py and tune.py do that.
 
 from __future__ import annotations
 
+import logging
 import platform
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from . import BuildError
 
 __all__ = ["CALIBRATION_METHODS", "GATE", "PRESETS", "TARGETS", "count_activation_quantizers", "detect_target",
-           "emulated_quantization_model",
+           "emulated_quantization_model", "per_token_model", "weighted_matmuls",
            "quantizable_nodes", "quantize_dynamic_int8", "quantize_static_int8", "with_types"]
 
 # onnxruntime's own guidance for CPU inference (quantize_static docstring, ORT >= 1.20):
@@ -115,6 +116,9 @@ def quantize_dynamic_int8(src: Path, dst: Path, target: str | None = None, per_c
     from onnxruntime.quantization import quantize_dynamic
 
     name, p = preset(target)
+    # the quantizer logs generic advice through the root logger ("consider pre-processing",
+    # "check if the model is already quantized", the latter for per_token_model's INT8 nodes)
+    logging.disable(logging.WARNING)
     try:
         quantize_dynamic(
             str(src), str(dst), per_channel=per_channel, reduce_range=p["reduce_range"],
@@ -125,6 +129,8 @@ def quantize_dynamic_int8(src: Path, dst: Path, target: str | None = None, per_c
         )
     except Exception as e:
         raise BuildError(f"{src}: dynamic quantization failed ({type(e).__name__}: {e})") from e
+    finally:
+        logging.disable(logging.NOTSET)
     return {
         "method": "dynamic",
         "target": name,
@@ -195,11 +201,19 @@ def _fake_quant_weight(w: Any, reduce_range: bool) -> Any:
     """
     import numpy as np
 
+    q, scale = _quant_weight(w, reduce_range)
+    return (q * scale).astype(np.float32)
+
+
+def _quant_weight(w: Any, reduce_range: bool) -> tuple[Any, Any]:
+    """(int8 codes as float64, float64 scale per output column) of per-channel symmetric weights."""
+    import numpy as np
+
     qmax = 64.0 if reduce_range else 127.0
     w64 = w.astype(np.float64)
     absmax = np.abs(w64).max(axis=tuple(range(w.ndim - 1)), keepdims=True) if w.ndim > 1 else np.abs(w64).max()
     scale = np.where(absmax > 0, absmax / qmax, 1.0)
-    return (np.clip(np.round(w64 / scale), -qmax, qmax) * scale).astype(np.float32)
+    return np.clip(np.round(w64 / scale), -qmax, qmax), scale
 
 
 def emulated_quantization_model(src: Path, dst: Path, nodes: list[str], target: str | None = None) -> list[str]:
@@ -257,3 +271,124 @@ def emulated_quantization_model(src: Path, dst: Path, nodes: list[str], target: 
     graph.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(emulated)]))
     onnx.save(model, str(dst))
     return emulated
+
+
+def weighted_matmuls(model_path: Path) -> list[str]:
+    """MatMul nodes with a 2-D float initializer weight: the nodes per_token_model can convert."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in inits
+            and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT and len(inits[n.input[1]].dims) == 2]
+
+
+def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None = None) -> list[str]:
+    """A copy of ``src`` where each listed MatMul runs in INT8 with one activation scale per token.
+
+    onnxruntime's dynamic INT8 (DynamicQuantizeLinear) gives the whole activation tensor one
+    scale. In many encoders a few tokens (separators, the first token) carry activations tens
+    of times larger than the rest in a handful of channels; one shared scale then leaves the
+    other tokens a few integer levels. Here each row (token) of the input gets its own
+    symmetric scale, from standard ops onnxruntime runs on every CPU:
+
+        x2 = Reshape(x, [-1, K]); s = max(|x2|, axis=1) / 127            (per token, [M])
+        q = QuantizeLinear(x2, s, 128, axis=0)                            (uint8, zero point 128)
+        y = MatMulIntegerToFloat(q, Wq, 1, w_scale, 128) * s              (Wq: per-column int8)
+        y = Reshape(y, shape(x)[:-1] + [N])
+
+    Rows are quantized independently, so a token's result no longer depends on the other
+    texts in its batch. Weights are the same per-channel symmetric INT8 as the dynamic
+    quantizer's (7-bit with the target's reduce_range). Returns the converted node names;
+    nodes not listed are left for quantize_dynamic.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    _, p = preset(target)
+    model = onnx.load(str(src))
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    if opset < 13:  # per-axis QuantizeLinear
+        raise BuildError(f"{src}: per-token INT8 needs ONNX opset >= 13, the model has {opset}")
+    inits = {i.name: i for i in graph.initializer}
+    wanted = set(nodes) & set(weighted_matmuls(src))
+    pre = "edge_embed_pt"
+    consts: dict[str, Any] = {f"{pre}_inv127": np.array(1 / 127, np.float32), f"{pre}_eps": np.array(1e-12, np.float32),
+              f"{pre}_zero": np.array(0.0, np.float32), f"{pre}_128f": np.array(128.0, np.float32),
+              f"{pre}_one": np.array(1.0, np.float32), f"{pre}_z": np.array(128, np.uint8),
+              f"{pre}_flat": np.array([-1], np.int64), f"{pre}_axis": np.array([-1], np.int64),
+              f"{pre}_zero_i": np.array([0], np.int64)}
+    new_inits = []
+    converted: list[str] = []
+    replaced_weights = set()
+
+    def reduce(op: str, x: str, out: str, name: str) -> Any:
+        if opset >= 18:
+            return helper.make_node(op, [x, f"{pre}_axis"], [out], keepdims=1, name=name)
+        return helper.make_node(op, [x], [out], axes=[-1], keepdims=1, name=name)
+
+    out_nodes = []
+    shared: dict[str, str] = {}  # activation tensor -> the prefix of its quantized form
+    for node in graph.node:
+        if node.name not in wanted:
+            out_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        k, n = w.shape
+        q, scale = _quant_weight(w, p["reduce_range"])
+        t = f"{pre}_{len(converted)}"
+        converted.append(node.name)
+        replaced_weights.add(node.input[1])
+        new_inits += [numpy_helper.from_array(q.astype(np.int8), f"{t}_wq"),
+                      numpy_helper.from_array(scale.reshape(-1).astype(np.float32), f"{t}_ws"),
+                      numpy_helper.from_array(np.array([-1, k], np.int64), f"{t}_2d"),
+                      numpy_helper.from_array(np.array([n], np.int64), f"{t}_n")]
+        x, y = node.input[0], node.output[0]
+
+        def mk(op: str, ins: list[str], outs: list[str], tag: str, where: str = node.name, **kw: Any) -> Any:
+            return helper.make_node(op, ins, outs, name=f"{where}/per_token/{tag}", **kw)
+
+        if x not in shared:
+            # the quantized activation and its scales, made once per input tensor (q, k and v
+            # projections of an unfused graph share theirs)
+            shared[x] = t
+            out_nodes += [
+                mk("Reshape", [x, f"{t}_2d"], [f"{t}_x2"], "flatten"),
+                reduce("ReduceMax", f"{t}_x2", f"{t}_max", f"{node.name}/per_token/max"),
+                reduce("ReduceMin", f"{t}_x2", f"{t}_min", f"{node.name}/per_token/min"),
+                mk("Neg", [f"{t}_min"], [f"{t}_negmin"], "neg"),
+                mk("Max", [f"{t}_max", f"{t}_negmin"], [f"{t}_absmax"], "absmax"),
+                mk("Mul", [f"{t}_absmax", f"{pre}_inv127"], [f"{t}_s0"], "scale"),
+                mk("Max", [f"{t}_s0", f"{pre}_eps"], [f"{t}_s"], "scale_floor"),  # an all-zero row
+                mk("Reshape", [f"{t}_s", f"{pre}_flat"], [f"{t}_s1"], "scale_1d"),
+                # QuantizeLinear wants a zero point per row: 128 each, shaped like the scales
+                mk("Mul", [f"{t}_s1", f"{pre}_zero"], [f"{t}_z0"], "zp_zero"),
+                mk("Add", [f"{t}_z0", f"{pre}_128f"], [f"{t}_z1"], "zp_128"),
+                mk("Cast", [f"{t}_z1"], [f"{t}_zp"], "zp_cast", to=onnx.TensorProto.UINT8),
+                mk("QuantizeLinear", [f"{t}_x2", f"{t}_s1", f"{t}_zp"], [f"{t}_q"], "quantize", axis=0),
+                mk("Shape", [x], [f"{t}_shape"], "shape"),
+                mk("Slice", [f"{t}_shape", f"{pre}_zero_i", f"{pre}_flat"], [f"{t}_xshape"], "lead_dims"),
+            ]
+        a = shared[x]
+        out_nodes += [
+            helper.make_node("MatMulIntegerToFloat", [f"{a}_q", f"{t}_wq", f"{pre}_one", f"{t}_ws", f"{pre}_z"],
+                             [f"{t}_yw"], name=f"{node.name}/per_token/matmul", domain="com.microsoft"),
+            mk("Mul", [f"{t}_yw", f"{a}_s"], [f"{t}_y2"], "rescale"),
+            mk("Concat", [f"{a}_xshape", f"{t}_n"], [f"{t}_yshape"], "out_shape", axis=0),
+            mk("Reshape", [f"{t}_y2", f"{t}_yshape"], [y], "unflatten"),
+        ]
+    if converted:
+        new_inits += [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    still_used = {i for nd in out_nodes for i in nd.input}
+    keep = [i for i in graph.initializer if i.name not in replaced_weights or i.name in still_used]
+    del graph.node[:]
+    graph.node.extend(out_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    onnx.save(model, str(dst))
+    return converted

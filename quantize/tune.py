@@ -1,5 +1,11 @@
-"""Accuracy-aware mixed precision: keep in fp32 only the nodes whose quantization costs fidelity.
+"""Accuracy-aware INT8: per-token activation scales where activations have outlier tokens,
+then fp32 for the nodes whose quantization still costs fidelity.
 
+0. Per-token (dynamic INT8 only): one fp32 pass over a probe slice measures, for every MatMul,
+   how much the largest |activation| exceeds a typical token's (outlier_ratios). MatMuls are
+   given per-token activation scales (int8.per_token_model) a tier of ratios at a time, each
+   trial validated, smallest set first (per_token_search). If no tier passes, the best one is
+   the base of steps 1-2.
 1. Sensitivity: for every quantizable node, the model with only that node quantized is run
    on a small slice of the probe set; its cosine loss to fp32 is the node's measured cost
    (isolated, so one node's error cannot hide behind another's). For dynamic INT8 the
@@ -23,7 +29,10 @@ from typing import Any
 
 from edge_embed import Embedder
 
-__all__ = ["emulator", "mixed_precision", "sensitivity"]
+__all__ = ["PER_TOKEN_TIERS", "emulator", "mixed_precision", "outlier_ratios", "per_token_search", "sensitivity"]
+
+# per-token trials take the MatMuls whose outlier ratio is at least each of these, in turn
+PER_TOKEN_TIERS = (16.0, 8.0, 4.0, 2.0, 0.0)
 
 QuantizeFn = Callable[[Path, list[str] | None, list[str] | None], dict[str, Any]]
 MeasureNodeFn = Callable[[str], "dict[str, float] | None"]
@@ -78,6 +87,95 @@ def emulator(fp32_model: Path, dst: Path, nodes: list[str], target: str | None, 
         return compare(ref_vecs, emb.embed(texts))
 
     return measure
+
+
+class _RecordingSession:
+    """The few InferenceSession methods Embedder uses; every run also fetches some inner tensors
+    and records, per tensor, the ratio of its largest |value| to the median token's."""
+
+    def __init__(self, session: Any, tensors: list[str]) -> None:
+        self._s, self._tensors = session, tensors
+        self.ratios: dict[str, list[float]] = {t: [] for t in tensors}
+
+    def get_inputs(self) -> list[Any]:
+        return list(self._s.get_inputs())
+
+    def get_outputs(self) -> list[Any]:
+        return [o for o in self._s.get_outputs() if o.name not in self.ratios]
+
+    def run(self, outputs: list[str], feed: dict[str, Any]) -> list[Any]:
+        import numpy as np
+
+        got = self._s.run(outputs + self._tensors, feed)
+        for name, x in zip(self._tensors, got[len(outputs):], strict=True):
+            rows = np.abs(x.reshape(-1, x.shape[-1])).max(axis=1)
+            typical = float(np.median(rows))
+            self.ratios[name].append(float(rows.max()) / typical if typical > 0 else 1.0)
+        return list(got[:len(outputs)])
+
+
+def outlier_ratios(fp32_model: Path, dst: Path, nodes: list[str], reference: Embedder,
+                   texts: list[str]) -> dict[str, float]:
+    """node -> how much larger the whole activation input's |max| is than a typical token's
+    (median over the batches ``texts`` makes, fp32). One shared activation scale gives a
+    typical token about 255 / ratio integer levels; per-token scales give each token all 255.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(fp32_model))
+    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in set(nodes)}
+    tensors = sorted(set(inputs.values()))
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in tensors if t not in known)
+    onnx.save(model, str(dst))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    rec = _RecordingSession(ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]), tensors)
+    Embedder(reference.path, reference.manifest, rec, reference._tok).embed(texts)
+    return {node: round(float(np.median(rec.ratios[t])), 3) for node, t in inputs.items()}
+
+
+def per_token_search(ratios: dict[str, float], try_per_token: Callable[[list[str]], dict[str, Any]],
+                     ) -> tuple[list[str], dict[str, Any] | None, list[dict[str, Any]]]:
+    """Give per-token activation scales to the MatMuls with the largest outlier ratios, a tier
+    at a time (PER_TOKEN_TIERS), each trial validated, until one passes.
+
+    Per-token scales cost no model size and some speed, so the smallest set is tried first.
+    Returns (nodes, report, trial log) of the first passing trial, or of the best one.
+    """
+    trials: list[dict[str, Any]] = []
+    best: tuple[list[str], dict[str, Any] | None] = ([], None)
+    seen: set[frozenset[str]] = set()
+    for tier in PER_TOKEN_TIERS:
+        chosen = sorted((n for n, r in ratios.items() if r >= tier), key=lambda n: -ratios[n])
+        if not chosen or frozenset(chosen) in seen:
+            continue
+        seen.add(frozenset(chosen))
+        report = try_per_token(chosen)
+        figures = {key: report.get(key) for key in _FIGURES}
+        trials.append({"per_token_nodes": len(chosen), "min_outlier_ratio": tier, **figures,
+                       "passed": report["passed"]})
+        _say(f"per-token trial {len(trials)}: {len(chosen)} MatMul(s) with outlier ratio >= {tier:g} -> "
+             f"mean {report['cosine_mean']:.4f}, p1 {report['cosine_p1']:.4f}" + _task_figures(report)
+             + (" (passed)" if report["passed"] else ""))
+        if report["passed"]:
+            return chosen, report, trials
+        if best[1] is None or _better(report, best[1]):
+            best = (chosen, report)
+    return best[0], best[1], trials
+
+
+_FIGURES = ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "sts_spearman_retained", "ndcg10_retained",
+            "model_size_ratio")
+
+
+def _task_figures(report: dict[str, Any]) -> str:
+    return "".join(f", {label} {report[key]:.4f}" for key, label in
+                   (("sts_spearman_retained", "STS retained"), ("ndcg10_retained", "nDCG@10 retained"))
+                   if isinstance(report.get(key), float))
 
 
 def _say(msg: str) -> None:
@@ -152,15 +250,10 @@ def mixed_precision(ranked: list[dict[str, Any]], base: dict[str, Any], threshol
         if len(excluded) < k:
             continue
         report = try_exclusion(list(excluded))
-        figures = {key: report.get(key) for key in ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap",
-                                                     "sts_spearman_retained", "ndcg10_retained",
-                                                     "model_size_ratio")}
+        figures = {key: report.get(key) for key in _FIGURES}
         trials.append({"fp32_nodes": len(excluded), "added": c["node"], **figures, "passed": report["passed"]})
         _say(f"trial {len(trials)}: {len(excluded)} node(s) in fp32 -> mean {report['cosine_mean']:.4f}, "
-             f"p1 {report['cosine_p1']:.4f}, size {report['model_size_ratio']:.2f} of fp32"
-             + "".join(f", {label} {report[key]:.4f}" for key, label in
-                       (("sts_spearman_retained", "STS retained"), ("ndcg10_retained", "nDCG@10 retained"))
-                       if isinstance(report.get(key), float))
+             f"p1 {report['cosine_p1']:.4f}, size {report['model_size_ratio']:.2f} of fp32" + _task_figures(report)
              + (" (passed)" if report["passed"] else ""))
         if report["passed"]:
             return list(excluded), report, trials

@@ -83,6 +83,9 @@ def test_info_and_verify(minilm_int8: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["info", str(minilm_int8), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "pooling       mean" in out and "verified: 3 files" in out or "verified:" in out
+    q = json.loads((minilm_int8 / "manifest.json").read_text())["quantization"]
+    assert f"{len(q.get('per_token_nodes', []))} MatMuls with per-token scales" in out or not q.get("per_token_nodes")
+    assert f"{len(q['fp32_nodes'])} nodes in fp32" in out
     assert main(["info", str(minilm_int8), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dim"] == 384
 
