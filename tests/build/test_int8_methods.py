@@ -190,6 +190,33 @@ def test_per_token_scales_keep_each_token_independent_of_outlier_tokens(tmp_path
     assert quiet_err > 5 * rel and not np.array_equal(dyn[1], dyn_loud[1])
 
 
+def test_per_token_matmuls_on_one_input_share_its_quantization(tmp_path: Path) -> None:
+    """q, k and v projections of an unfused graph read one tensor: it is quantized once."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantize.int8 import per_token_model
+
+    rng = np.random.default_rng(1)
+    ws = [rng.normal(size=(32, 16)).astype(np.float32) for _ in range(2)]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["y0"], name="q"), helper.make_node("MatMul", ["x", "w1"], ["y1"],
+                                                                                  name="k")],
+        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 32])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["b", "s", 16]) for i in range(2)],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(ws)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
+    assert per_token_model(tmp_path / "two.onnx", tmp_path / "pt.onnx", ["q", "k"]) == ["q", "k"]
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "pt.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") == 1 and ops.count("MatMulIntegerToFloat") == 2 and "MatMul" not in ops
+    x = rng.normal(size=(3, 4, 32)).astype(np.float32)
+    ys = ort.InferenceSession(str(tmp_path / "pt.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for y, w in zip(ys, ws, strict=True):
+        assert np.linalg.norm(y - x @ w) / np.linalg.norm(x @ w) < 0.02
+
+
 def test_per_token_search_tries_the_loudest_matmuls_first_and_stops_at_a_pass() -> None:
     from quantize.tune import per_token_search
 
