@@ -206,6 +206,15 @@ class Embedder:
     def __repr__(self) -> str:
         return f"Embedder({str(self.path)!r}, dim={self.dim}, pooling={self.manifest.pooling!r})"
 
+    def with_session(self, session: Any) -> Embedder:
+        """This bundle's tokenizer, padding and pooling around another session.
+
+        For tools that run an instrumented copy of the model (the build's emulating and
+        activation-recording graphs): ``session`` needs ``get_inputs``, ``get_outputs`` and
+        ``run`` as onnxruntime's InferenceSession has them.
+        """
+        return Embedder(self.path, self.manifest, session, self._tok)
+
     # ------------------------------------------------------------------ embedding
     def _prefix(self, prompt: str | None) -> str:
         if prompt is None:

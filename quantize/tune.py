@@ -76,8 +76,8 @@ def emulator(fp32_model: Path, dst: Path, nodes: list[str], target: str | None, 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     gated = _GatedSession(ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]), len(emulated))
-    # private constructor: the emulating graph has one input a bundle must not have
-    emb = Embedder(reference.path, reference.manifest, gated, reference._tok)
+    # the emulating graph has one input a bundle must not have: the gate feeds it
+    emb = reference.with_session(gated)
 
     def measure(node: str) -> dict[str, float] | None:
         if node not in index:
@@ -134,7 +134,7 @@ def outlier_ratios(fp32_model: Path, dst: Path, nodes: list[str], reference: Emb
     so = ort.SessionOptions()
     so.log_severity_level = 3
     rec = _RecordingSession(ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]), tensors)
-    Embedder(reference.path, reference.manifest, rec, reference._tok).embed(texts)
+    reference.with_session(rec).embed(texts)
     return {node: round(float(np.median(rec.ratios[t])), 3) for node, t in inputs.items()}
 
 

@@ -159,3 +159,28 @@ def test_bad_bundles(minilm_int8: Path, tmp_path: Path) -> None:
     (broken / "model.onnx").write_bytes(b"\0" * len(data))
     with pytest.raises(BundleError, match="onnxruntime cannot load it"):
         Embedder.load(broken)
+
+
+def test_with_session_keeps_tokenizer_and_pooling_around_another_session(tiny_cls: Path) -> None:
+    """Build tools run instrumented copies of the model through the bundle's own text handling."""
+    e = Embedder.load(tiny_cls)
+    feeds: list[dict[str, np.ndarray]] = []
+
+    class Recording:
+        def get_inputs(self):  # type: ignore[no-untyped-def]
+            return e.session.get_inputs()
+
+        def get_outputs(self):  # type: ignore[no-untyped-def]
+            return e.session.get_outputs()
+
+        def run(self, outputs, feed):  # type: ignore[no-untyped-def]
+            feeds.append(feed)
+            return e.session.run(outputs, feed)
+
+    texts = ["a short one", "a somewhat longer text than the first one is"]
+    got = e.with_session(Recording()).embed(texts)
+    np.testing.assert_array_equal(got, e.embed(texts))
+    assert len(feeds) == 1 and feeds[0]["input_ids"].shape[0] == 2
+    width = feeds[0]["input_ids"].shape[1]
+    longest_first = sorted(e.encode(texts), key=lambda x: -len(x.ids))
+    assert feeds[0]["input_ids"].tolist() == [[*x.ids, *[0] * (width - len(x.ids))] for x in longest_first]
