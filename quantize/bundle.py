@@ -321,17 +321,23 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
         qfacts["base_method"] = "dynamic"
     qfacts["fp32_nodes"] = []
     ratio = recipe.thresholds.get("model_size_ratio")
-    budget = ratio * fp32_bytes - q_model.stat().st_size if ratio else float("inf")
+
+    def size_budget() -> float:
+        """Bytes that keeping nodes in fp32 may still add to the INT8 model."""
+        return ratio * fp32_bytes - q_model.stat().st_size if ratio else float("inf")
+
+    budget = size_budget()
     # keeping nodes in fp32 only buys fidelity: it cannot help a model that is already too big
-    can_tune = budget > 0 and any(not s.startswith("model_size_ratio") for s in report["shortfalls"])
+    search = (method in ("auto", "static") and not report["passed"] and budget > 0
+              and any(not s.startswith("model_size_ratio") for s in report["shortfalls"]))
     tuning: dict[str, Any] = {}
     slice_: list[str] = []
-    if not report["passed"] and method in ("auto", "static") and can_tune:
+    if search:
         probes = load_probes()
         lengths = reference.token_count(probes)
         # short and medium probes keep the measuring passes fast; the full set judges every trial
         slice_ = [t for t, n in zip(probes, lengths, strict=True) if n <= 128][::3]
-    matmuls = weighted_matmuls(fp32_model) if method == "auto" and not report["passed"] and can_tune else []
+    matmuls = weighted_matmuls(fp32_model) if search and method == "auto" else []
     if matmuls:
         stage(f"      dynamic INT8 misses: {'; '.join(report['shortfalls'])}")
         stage(f"      measuring activation outliers at {len(matmuls)} MatMuls (fp32, {len(slice_)} probes)")
@@ -356,14 +362,16 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
             shutil.move(str(pt_model), str(q_model))
             report, facts = pt_report, last["facts"]
         else:
-            # the best tier stays: the fp32 search below works on top of it
+            # the best tier stays: the fp32 search below works on top of it. Later trials
+            # overwrote the trial model, so it is written again (quantization is deterministic:
+            # the same model, whose report the search already holds)
             facts = quantize(q_model, None, None)
-            report = evaluate(q_model, facts, quiet=True)
+            report = pt_report if pt_report is not None else evaluate(q_model, facts, quiet=True)
         qfacts = {**facts, "method": "auto", "base_method": "dynamic", "fp32_nodes": []}
         if report["passed"]:
             report["tuning"] = {"objective": "recipe thresholds", **tuning}
-        budget = ratio * fp32_bytes - q_model.stat().st_size if ratio else float("inf")
-    if not report["passed"] and method in ("auto", "static") and can_tune:
+        budget = size_budget()
+    if search and not report["passed"]:
         stage(f"      {base_kind} INT8{' with per-token scales' if per_token else ''} misses: "
               f"{'; '.join(report['shortfalls'])}")
         stage("      measuring each node's sensitivity (only that node quantized, probe slice)")

@@ -277,9 +277,14 @@ def weighted_matmuls(model_path: Path) -> list[str]:
     """MatMul nodes with a 2-D float initializer weight: the nodes per_token_model can convert."""
     import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name: i for i in model.graph.initializer}
-    return [n.name for n in model.graph.node
+    return _weighted_matmuls(onnx.load(str(model_path), load_external_data=False).graph)
+
+
+def _weighted_matmuls(graph: Any) -> list[str]:
+    import onnx
+
+    inits = {i.name: i for i in graph.initializer}
+    return [n.name for n in graph.node
             if n.op_type == "MatMul" and n.input[1] in inits
             and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT and len(inits[n.input[1]].dims) == 2]
 
@@ -316,7 +321,7 @@ def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None =
     if opset < 13:  # per-axis QuantizeLinear
         raise BuildError(f"{src}: per-token INT8 needs ONNX opset >= 13, the model has {opset}")
     inits = {i.name: i for i in graph.initializer}
-    wanted = set(nodes) & set(weighted_matmuls(src))
+    wanted = set(nodes) & set(_weighted_matmuls(graph))
     pre = "edge_embed_pt"
     consts: dict[str, Any] = {f"{pre}_inv127": np.array(1 / 127, np.float32), f"{pre}_eps": np.array(1e-12, np.float32),
               f"{pre}_zero": np.array(0.0, np.float32), f"{pre}_128f": np.array(128.0, np.float32),

@@ -125,7 +125,8 @@ def outlier_ratios(fp32_model: Path, dst: Path, nodes: list[str], reference: Emb
     import onnxruntime as ort
 
     model = onnx.load(str(fp32_model))
-    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in set(nodes)}
+    wanted = set(nodes)
+    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in wanted}
     tensors = sorted(set(inputs.values()))
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
