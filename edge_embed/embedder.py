@@ -226,8 +226,8 @@ class Embedder:
             raise InputError(f"prompt: {prompt!r} is not in this bundle's prompts (known: {known})")
         return self.manifest.prompts[prompt]
 
-    def encode(self, texts: Sequence[str], prompt: str | None = None) -> list[Encoding]:
-        """Tokenize with the bundle's tokenizer, truncated at max_length."""
+    def tokenize(self, texts: Sequence[str], prompt: str | None = None) -> list[Encoding]:
+        """Tokenize with the bundle's tokenizer, truncated at max_length (the tokens embed() feeds)."""
         items = check_texts(texts)
         prefix = self._prefix(prompt)
         return self._tok.encode_batch([prefix + t for t in items]) if items else []
@@ -263,7 +263,7 @@ class Embedder:
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        encs = self.encode(texts, prompt)
+        encs = self.tokenize(texts, prompt)
         n = len(encs)
         out = np.empty((n, self.dim), dtype=np.float32)
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=n)

@@ -43,7 +43,7 @@ def test_tokenizer_ids_match_autotokenizer(minilm_fp32: Path) -> None:
     emb = Embedder.load(minilm_fp32)
     texts = load_probes()
     want = tok(texts, truncation=True, max_length=256)["input_ids"]
-    got = [e.ids for e in emb.encode(texts)]
+    got = [e.ids for e in emb.tokenize(texts)]
     assert got == want
 
 

@@ -130,7 +130,7 @@ def test_from_onnx_build_needs_no_torch(tiny_cls: Path, tmp_path: Path) -> None:
     cos = (ref.embed(texts) * emb.embed(texts)).sum(axis=1)
     assert cos.min() > 0.9, cos  # an INT8 copy of the very model it was given
     np.testing.assert_allclose(Embedder.load(out, model_format="ort").embed(texts), emb.embed(texts), atol=1e-6)
-    assert emb.encode(["x"], prompt="query")[0].tokens[:3] == ["[CLS]", "search", ":"]
+    assert emb.tokenize(["x"], prompt="query")[0].tokens[:3] == ["[CLS]", "search", ":"]
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ def test_prompt_prefix_from_manifest(tiny_cls: Path) -> None:
 
 def test_cls_pooling_matches_first_token(tiny_cls: Path) -> None:
     emb = Embedder.load(tiny_cls)
-    enc = emb.encode(["hello world"])[0]
+    enc = emb.tokenize(["hello world"])[0]
     ids = np.array([enc.ids], dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     feed = {i.name: feed[i.name] for i in emb.session.get_inputs()}
@@ -182,5 +182,5 @@ def test_with_session_keeps_tokenizer_and_pooling_around_another_session(tiny_cl
     np.testing.assert_array_equal(got, e.embed(texts))
     assert len(feeds) == 1 and feeds[0]["input_ids"].shape[0] == 2
     width = feeds[0]["input_ids"].shape[1]
-    longest_first = sorted(e.encode(texts), key=lambda x: -len(x.ids))
+    longest_first = sorted(e.tokenize(texts), key=lambda x: -len(x.ids))
     assert feeds[0]["input_ids"].tolist() == [[*x.ids, *[0] * (width - len(x.ids))] for x in longest_first]
