@@ -8,12 +8,18 @@ stderr and exit code 1; usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import signal
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -36,22 +42,145 @@ def _err(msg: str) -> None:
 
 # ---------------------------------------------------------------------- embed
 def _read_lines(path: str) -> Iterator[str]:
-    stream: IO[str]
+    """One record per line of a UTF-8 file or stdin, split on ``\n`` only (a lone ``\r`` is text).
+
+    A trailing ``\r\n`` or ``\n`` is removed. Bytes are read and decoded line by line, so a
+    bad byte is reported with its line number, whatever the locale's encoding is.
+    """
+    stream: IO[bytes] | IO[str]
     if path == "-":
-        stream = sys.stdin
+        # sys.stdin decodes with the locale and splits on \r too: read its bytes when it has them
+        stream = getattr(sys.stdin, "buffer", sys.stdin)
     else:
         try:
-            stream = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as e:
             raise InputError(f"{path}: cannot open input ({e.strerror})") from None
+    where = "stdin" if path == "-" else path
     try:
-        for line in stream:
-            yield line.rstrip("\r\n")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        for number, raw in enumerate(stream, 1):
+            if isinstance(raw, bytes):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputError(f"{where}: line {number} is not UTF-8 text ({e.reason} at byte {e.start} "
+                                     "of the line); convert the file to UTF-8") from None
+            else:
+                line = raw
+            if line.endswith("\n"):
+                line = line[:-1]
+                if line.endswith("\r"):
+                    line = line[:-1]
+            yield line
+    except UnicodeDecodeError as e:  # a text stream that decodes itself
+        raise InputError(f"{where}: not UTF-8 text ({e.reason}); convert it to UTF-8") from None
+    except OSError as e:
+        raise InputError(f"{where}: cannot read input ({e.strerror})") from None
     finally:
-        if stream is not sys.stdin:
+        if path != "-":
             stream.close()
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that a partial output is removed like on Ctrl-C."""
+
+
+class AtomicOutput:
+    """An output file written to a temporary name beside it and renamed into place when complete.
+
+    An interrupted or failed run leaves the target as it was (absent, or its old contents) and no
+    file that looks finished. A target that exists and is not a regular file (``/dev/stdout``,
+    a FIFO, ``/dev/full``) is written directly: it cannot be renamed over.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.tmp: str | None = None
+        path = Path(target)
+        if path.is_dir():
+            raise InputError(f"-o {target}: is a directory; name a file to write")
+        parent = path.parent
+        if not parent.is_dir():
+            raise InputError(f"-o {target}: the directory {parent} does not exist; create it first")
+        try:
+            if path.exists() and not path.is_file():
+                self.file: IO[bytes] = open(path, "wb")  # noqa: SIM115 - closed by commit/discard
+            else:
+                fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=parent)
+                self.file = os.fdopen(fd, "wb")
+        except OSError as e:
+            raise InputError(f"-o {target}: cannot write there ({e.strerror}); choose another path") from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except OSError as e:
+            raise InputError(f"-o {self.target}: writing failed ({e.strerror}); nothing was written") from None
+
+    def commit(self) -> None:
+        try:
+            self.file.flush()
+            if self.tmp is not None:
+                os.fsync(self.file.fileno())
+            self.file.close()
+            if self.tmp is not None:
+                mode = 0o666 & ~_umask()
+                os.chmod(self.tmp, mode)  # mkstemp makes 0600; give the file the mode open() would
+                os.replace(self.tmp, self.target)
+                self.tmp = None
+        except OSError as e:
+            raise InputError(f"-o {self.target}: writing failed ({e.strerror}); nothing was written") from None
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+            self.tmp = None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While writing a file, SIGTERM unwinds like Ctrl-C so the partial output is removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_argv_texts(texts: Sequence[str]) -> None:
+    for i, t in enumerate(texts, 1):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"TEXT {i}: not valid UTF-8 (the argument holds undecodable bytes); "
+                             "pass UTF-8 text or use -i FILE") from None
 
 
 class Progress:
@@ -85,6 +214,12 @@ def _count_lines(path: str) -> int | None:
         return None
 
 
+def _output_format(args: argparse.Namespace) -> str:
+    if args.format:
+        return str(args.format)
+    return "npy" if args.output and args.output.lower().endswith(".npy") else "jsonl"
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     if not args.model:
         raise InputError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
@@ -92,10 +227,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError("give texts as arguments or with -i FILE, not both")
     if not args.texts and not args.input:
         raise InputError("nothing to embed: give TEXT arguments, or -i FILE (- for stdin)")
-    emb = Embedder.load(args.model, threads=args.threads, model_format=args.model_format)
-    fmt = args.format
+    if args.chunk_size < 1:
+        raise InputError(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
+    _check_argv_texts(args.texts)
+    fmt = _output_format(args)
     if fmt == "npy" and not args.output and sys.stdout.isatty():
         raise InputError("-f npy writes binary; give -o OUT.npy or redirect stdout")
+    if args.output and args.input and args.input != "-" and _same_file(args.input, args.output):
+        raise InputError(f"-o {args.output}: is the input file (-i {args.input}); write the output elsewhere")
+    emb = Embedder.load(args.model, threads=args.threads, model_format=args.model_format)
 
     chunks: Iterator[list[str]]
     if args.texts:
@@ -107,32 +247,46 @@ def cmd_embed(args: argparse.Namespace) -> int:
     show = args.progress if args.progress is not None else (bool(args.input) and sys.stderr.isatty())
     progress = Progress("embedding", total, show)
 
+    out = AtomicOutput(args.output) if args.output else None
+
+    def write(data: str | bytes) -> None:
+        if out is not None:
+            out.write(data.encode("utf-8") if isinstance(data, str) else data)
+        elif isinstance(data, str):
+            sys.stdout.write(data)
+            sys.stdout.flush()
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+
     vectors: list[np.ndarray] = []
     truncated = index = 0
-    out_text: IO[str] | None = None
-    if fmt == "jsonl":
-        out_text = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
-        for chunk in chunks:
-            res = emb.embed_detailed(chunk, prompt=args.prompt, batch_size=args.batch_size)
-            truncated += res.truncated
-            if out_text is not None:
-                for row in res.vectors:
-                    out_text.write(json.dumps({"index": index, "embedding": row.tolist()}) + "\n")
-                    index += 1
-            else:
-                vectors.append(res.vectors)
-            progress.update(len(chunk))
+        with _sigterm_raises():
+            for chunk in chunks:
+                res = emb.embed_detailed(chunk, prompt=args.prompt, batch_size=args.batch_size)
+                truncated += res.truncated
+                if fmt == "jsonl":
+                    lines = []
+                    for row in res.vectors:
+                        lines.append(json.dumps({"index": index, "embedding": row.tolist()}) + "\n")
+                        index += 1
+                    write("".join(lines))
+                else:
+                    vectors.append(res.vectors)
+                progress.update(len(chunk))
+            if fmt == "npy":
+                arr = np.concatenate(vectors) if vectors else np.zeros((0, emb.dim), np.float32)
+                buf = io.BytesIO()
+                np.save(buf, arr)  # to a buffer: np.save(path) would append .npy to a path without it
+                write(buf.getvalue())
+            if out is not None:
+                out.commit()
     finally:
         progress.close()
-        if out_text is not None and out_text is not sys.stdout:
-            out_text.close()
-    if fmt == "npy":
-        arr = np.concatenate(vectors) if vectors else np.zeros((0, emb.dim), np.float32)
-        if args.output:
-            np.save(args.output, arr)
-        else:
-            np.save(sys.stdout.buffer, arr)
+        if out is not None:
+            out.discard()
     if truncated:
         sys.stderr.write(f"edge-embed: {truncated} text(s) longer than {emb.max_length} tokens were truncated\n")
     return 0
@@ -390,8 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-m", "--model", default=os.environ.get(MODEL_ENV),
                    help=f"bundle directory or packed .edgeembed file (${MODEL_ENV})")
     e.add_argument("-i", "--input", help="file with one text per line, - for stdin")
-    e.add_argument("-f", "--format", choices=("jsonl", "npy"), default="jsonl")
-    e.add_argument("-o", "--output", help="output file (default stdout)")
+    e.add_argument("-f", "--format", choices=("jsonl", "npy"), default=None,
+                   help="jsonl (default) or npy; -o NAME.npy implies npy")
+    e.add_argument("-o", "--output", help="output file (default stdout); written under a temporary name and "
+                                          "renamed when complete")
     e.add_argument("--prompt", help="prompt name from the bundle's manifest, e.g. query")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--chunk-size", type=int, default=1024, help=argparse.SUPPRESS)
@@ -499,6 +655,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except _Terminated:
+        _err("terminated")
+        return 143
 
 
 if __name__ == "__main__":

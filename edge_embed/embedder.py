@@ -26,7 +26,7 @@ from .pooling import POOLERS, l2_normalize
 from .selfcheck import SelfCheckResult, probe_file
 from .selfcheck import self_check as run_self_check
 
-__all__ = ["EmbedResult", "Embedder"]
+__all__ = ["EmbedResult", "Embedder", "max_threads"]
 
 log = logging.getLogger("edge_embed")
 
@@ -47,6 +47,29 @@ class EmbedResult:
     @property
     def total_tokens(self) -> int:
         return int(self.tokens.sum())
+
+
+def max_threads() -> int:
+    """The most intra-op threads load() accepts: 4 per logical CPU (more only adds contention)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def _check_threads(threads: Any) -> int | None:
+    where = "threads"
+    if threads is None and os.environ.get(THREADS_ENV):
+        where = f"${THREADS_ENV}"
+        try:
+            threads = int(os.environ[THREADS_ENV])
+        except ValueError:
+            raise InputError(f"${THREADS_ENV}: expected an integer, got {os.environ[THREADS_ENV]!r}") from None
+    if threads is None:
+        return None
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise InputError(f"{where}: expected a non-negative integer (0 = onnxruntime's choice), got {threads!r}")
+    if threads > max_threads():
+        raise InputError(f"{where}: {threads} threads on a machine with {os.cpu_count()} CPUs; "
+                         f"use at most {max_threads()} (0 = onnxruntime's choice)")
+    return threads
 
 
 def check_texts(texts: Any) -> list[str]:
@@ -88,8 +111,9 @@ class Embedder:
         """Load a bundle: a directory, a packed ``.edgeembed`` file, its bytes or a binary file object.
 
         threads: intra-op threads for ONNX Runtime (default: $EDGE_EMBED_THREADS, else ORT's
-        choice of one per physical core). verify: check every file's sha256 first (sizes are
-        always checked). model_format: "onnx", or "ort" for the bundle's ORT-format model
+        choice of one per physical core); at most :func:`max_threads` (4 per logical CPU).
+        verify: check every file's sha256 first (sizes are always checked).
+        model_format: "onnx", or "ort" for the bundle's ORT-format model
         (``edge-embed convert``). Any problem with the bundle is a BundleError naming the file.
         A packed bundle is never unpacked to disk: onnxruntime opens a packed file itself as the
         ONNX model (see edge_embed.archive); bytes, file objects and ORT-format models are read
@@ -103,6 +127,7 @@ class Embedder:
             raise InputError(f"model_format: expected one of {MODEL_FORMATS}, got {model_format!r}")
         if self_check not in (False, True, "warn"):
             raise InputError(f"self_check: expected True, False or 'warn', got {self_check!r}")
+        threads = _check_threads(threads)
 
         def model_name(m: Manifest) -> str:
             name = m.model_file if model_format == "onnx" else m.ort_model_file
@@ -129,13 +154,6 @@ class Embedder:
             else:
                 manifest.check_present(root)
         model_file = model_name(manifest)
-        if threads is None and os.environ.get(THREADS_ENV):
-            try:
-                threads = int(os.environ[THREADS_ENV])
-            except ValueError:
-                raise InputError(f"${THREADS_ENV}: expected an integer, got {os.environ[THREADS_ENV]!r}") from None
-        if threads is not None and (not isinstance(threads, int) or threads < 0):
-            raise InputError(f"threads: expected a non-negative integer, got {threads!r}")
 
         tok_path: Any = packed.where(manifest.tokenizer_file) if packed else root / manifest.tokenizer_file
         try:
