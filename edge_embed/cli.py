@@ -440,7 +440,9 @@ def add_serve_parser(sub: Any) -> None:
     s.add_argument("--host", default=env("EDGE_EMBED_HOST", "127.0.0.1"), help="address to bind (127.0.0.1)")
     s.add_argument("--port", type=int, default=env("EDGE_EMBED_PORT", "8080"), help="port, 0 for a free one (8080)")
     s.add_argument("--api-key", default=env("EDGE_EMBED_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' ($EDGE_EMBED_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' ($EDGE_EMBED_API_KEY; empty is an error)")
+    s.add_argument("--api-key-file", default=env("EDGE_EMBED_API_KEY_FILE"), metavar="PATH",
+                   help="read the key from a file, so it is not in the process list ($EDGE_EMBED_API_KEY_FILE)")
     s.add_argument("--max-batch-tokens", type=int, default=env("EDGE_EMBED_MAX_BATCH_TOKENS", "8192"),
                    help="tokens coalesced from concurrent requests into one inference call (8192)")
     s.add_argument("--max-inputs", type=int, default=env("EDGE_EMBED_MAX_INPUTS", "2048"),
@@ -453,6 +455,18 @@ def add_serve_parser(sub: Any) -> None:
                    help="rows per ONNX Runtime run (32)")
     s.add_argument("--batch-wait-ms", type=float, default=env("EDGE_EMBED_BATCH_WAIT_MS", "2"),
                    help="under steady load, wait up to this long for the next micro-batch to fill (2; 0 = off)")
+    s.add_argument("--long-text", choices=("truncate", "error"), default=env("EDGE_EMBED_LONG_TEXT", "truncate"),
+                   help="texts over max_length: truncate them, or answer 422 (a request's truncate field overrides)")
+    s.add_argument("--header-timeout", type=float, default=env("EDGE_EMBED_HEADER_TIMEOUT", "10"),
+                   help="seconds to receive a request's headers before 408 and close (10)")
+    s.add_argument("--body-timeout", type=float, default=env("EDGE_EMBED_BODY_TIMEOUT", "30"),
+                   help="seconds to receive a request's body before 408 and close (30)")
+    s.add_argument("--keep-alive-timeout", type=float, default=env("EDGE_EMBED_KEEP_ALIVE_TIMEOUT", "5"),
+                   help="idle seconds before a keep-alive connection is closed (5)")
+    s.add_argument("--max-connections", type=int, default=env("EDGE_EMBED_MAX_CONNECTIONS", "512"),
+                   help="open connections; more are answered 503 and closed (512)")
+    s.add_argument("--graceful-timeout", type=float, default=env("EDGE_EMBED_GRACEFUL_TIMEOUT", "30"),
+                   help="on SIGTERM, seconds for in-flight requests; then 503 + Retry-After (30)")
     s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads ($EDGE_EMBED_THREADS)")
     s.add_argument("--model-format", choices=MODEL_FORMATS, default="onnx",
                    help="onnx, or ort for the bundle's ORT-format model (edge-embed convert)")

@@ -1,0 +1,293 @@
+"""Scheduler: fair, token-budgeted micro-batches over every queued request.
+
+Requests are split: each micro-batch (one ``Embedder.embed_detailed`` call per prompt, in
+one inference thread) takes texts round-robin across the queued requests, one text from
+each in turn, until ``max_batch_tokens`` is reached. A 1-text request arriving behind a
+512-text one therefore waits for the micro-batch being computed and rides in the next,
+instead of waiting for all 512 texts; under load, batches grow by themselves. Each
+request gets exactly its own vectors back, in order, once all its texts are done.
+
+There is no fixed batching delay: a lone request runs at once, and only under steady load
+does the worker wait a moment (``batch_wait_ms``) for the clients it just answered to send
+their next request.
+
+Deliberately does not tokenize on the event loop (the caller measures texts in a thread
+before ``submit``), interrupt a running micro-batch, or retry a failed one beyond
+isolating the request that made it fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..embedder import Embedder
+from .config import ServerConfig
+from .errors import HTTPError
+from .metrics import Metrics
+
+__all__ = ["QueueFull", "Result", "Scheduler"]
+
+log = logging.getLogger("edge_embed.server")
+
+Result = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request: its texts, the tokens each costs a micro-batch, and what is done so far."""
+
+    texts: list[str]
+    prompt: str | None
+    weights: list[int]
+    future: asyncio.Future[Result]
+    vectors: npt.NDArray[np.float32]
+    tokens: npt.NDArray[np.int64] = field(init=False)
+    next: int = 0  # first text not yet handed to a micro-batch
+    left: int = field(init=False)  # texts not yet embedded
+
+    def __post_init__(self) -> None:
+        self.tokens = np.zeros(len(self.texts), dtype=np.int64)
+        self.left = len(self.texts)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.texts) - self.next
+
+
+_Piece = tuple[_Job, int, int]  # a job's texts [start, end) inside one micro-batch
+
+
+class Scheduler:
+    """One background task cutting queued requests into fair micro-batches for one inference thread."""
+
+    def __init__(self, embedder: Embedder, config: ServerConfig, metrics: Metrics) -> None:
+        self.embedder = embedder
+        self.config = config
+        self.metrics = metrics
+        self.jobs: collections.deque[_Job] = collections.deque()  # requests with texts not yet handed out
+        self.queued_texts = 0  # texts not yet in a micro-batch
+        self._unfinished: set[_Job] = set()  # queued or partly computed
+        self._wake = asyncio.Event()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-embed-infer")
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False  # stop(): finish the queue, then end the task
+        self._refusing = False  # after the shutdown cut: new requests get 503
+        self._last_texts = 0
+        metrics.watch_queue(lambda: self.queued_texts, lambda: len(self.jobs))
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def warm_up(self) -> None:
+        """Run one full-size batch (batch_size x max_length tokens) before serving.
+
+        ONNX Runtime's CPU arena grows to the largest shape it has seen and keeps it; doing
+        the largest shape first makes the server's memory flat from the first request on
+        instead of creeping up as longer batches happen to arrive.
+        """
+        long_text = "edge " * (2 * self.embedder.max_length)
+        self.embedder.embed_detailed([long_text] * self.config.batch_size, batch_size=self.config.batch_size)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="edge-embed-scheduler")
+
+    def begin_shutdown(self, grace: float) -> None:
+        """Stop taking requests; what is not done ``grace`` seconds from now gets a 503 + Retry-After.
+
+        Safe to call from any thread (a signal handler included). The cut comes a little before
+        ``grace`` so the 503s are written before the HTTP server's own cap closes connections.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def begin() -> None:  # requests already accepted may still come in, until the cut
+            loop.call_later(max(0.0, grace - min(1.0, grace / 2)), self._cut)
+
+        loop.call_soon_threadsafe(begin)
+
+    def _cut(self) -> None:
+        self._refusing = True
+        err = HTTPError(503, "server: shutting down before this request was done; retry (on another instance)",
+                        kind="server_error", headers={"Retry-After": str(self.config.retry_after)})
+        cut = 0
+        for job in list(self._unfinished):
+            if not job.future.done():
+                job.future.set_exception(err)
+                cut += 1
+        self._unfinished.clear()
+        self.jobs.clear()
+        self.queued_texts = 0
+        if cut:
+            log.warning("shutdown: %d requests not done in time were answered 503", cut)
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the task and the thread."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str], prompt: str | None, weights: list[int]) -> Result:
+        """Queue one request's texts (``weights``: tokens per text); its vectors and tokens, in order."""
+        if self._closing or self._refusing or not self.alive:
+            raise HTTPError(503, "server: shutting down; retry on another instance", kind="server_error",
+                            headers={"Retry-After": str(self.config.retry_after)})
+        if self.queued_texts + len(texts) > self.config.queue_size:
+            raise QueueFull()
+        loop = asyncio.get_running_loop()
+        job = _Job(texts, prompt, weights, loop.create_future(),
+                   np.empty((len(texts), self.embedder.dim), dtype=np.float32))
+        self.jobs.append(job)
+        self._unfinished.add(job)
+        self.queued_texts += len(texts)
+        self._wake.set()
+        try:
+            return await job.future
+        finally:
+            self._forget(job)
+
+    def _forget(self, job: _Job) -> None:
+        """Drop a job that is answered or whose caller went away (cancelled)."""
+        self._unfinished.discard(job)
+        if job.waiting and job in self.jobs:
+            self.jobs.remove(job)
+            self.queued_texts -= job.waiting
+            job.next = len(job.texts)
+
+    async def _gather(self) -> None:
+        """Under steady load, give the clients just answered a moment to send their next request.
+
+        Without it the worker, free again, takes only the first few requests to arrive and
+        alternates big and small micro-batches. It waits (at most ``batch_wait_ms``) only while
+        fewer texts are queued than the previous micro-batch held, so a lone request never waits.
+        """
+        wait = self.config.batch_wait_ms / 1000
+        if wait <= 0 or self._closing or self.queued_texts >= self._last_texts:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.queued_texts < self._last_texts and not self._closing:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+
+    def _take(self) -> list[_Piece]:
+        """The next micro-batch: one text from each queued request in turn, up to the token budget.
+
+        A request's texts inside one micro-batch are consecutive, so each request adds one
+        piece. The first request served moves to the back, so no request is always first.
+        """
+        budget = self.config.max_batch_tokens
+        used = 0
+        starts: dict[_Job, int] = {}
+        full = False
+        while not full and self.jobs:
+            progressed = False
+            for job in self.jobs:
+                if not job.waiting or job.future.done():
+                    continue
+                w = job.weights[job.next]
+                if used and used + w > budget:
+                    full = True
+                    break
+                starts.setdefault(job, job.next)
+                job.next += 1
+                used += w
+                progressed = True
+            if not progressed:
+                break
+        if self.jobs and self.jobs[0] in starts:
+            self.jobs.rotate(-1)
+        for job in [j for j in self.jobs if not j.waiting]:
+            self.jobs.remove(job)
+        pieces = [(job, start, job.next) for job, start in starts.items()]
+        self.queued_texts -= sum(end - start for _, start, end in pieces)
+        return pieces
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.jobs:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._gather()
+            pieces = self._take()
+            if not pieces:
+                continue
+            n_texts = sum(end - start for _, start, end in pieces)
+            self._last_texts = n_texts
+            t0 = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self.executor, self._infer, pieces)
+            except Exception as e:  # noqa: BLE001 - reported to each waiting request as a 500
+                log.exception("micro-batch failed")
+                results = [e] * len(pieces)
+            self.metrics.inference.observe(time.perf_counter() - t0)
+            self.metrics.batch_size.observe(n_texts)
+            self.metrics.batch_requests.observe(len(pieces))
+            self.metrics.batch_tokens.observe(sum(sum(j.weights[s:e]) for j, s, e in pieces))
+            for (job, start, end), res in zip(pieces, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(res, BaseException):
+                    job.future.set_exception(res)
+                    continue
+                job.vectors[start:end], job.tokens[start:end] = res
+                job.left -= end - start
+                if not job.left:
+                    job.future.set_result((job.vectors, job.tokens))
+
+    def _embed(self, texts: list[str], prompt: str | None) -> Result:
+        res = self.embedder.embed_detailed(texts, prompt=prompt, batch_size=self.config.batch_size)
+        return res.vectors, res.tokens
+
+    def _infer(self, pieces: list[_Piece]) -> list[Any]:
+        """Runs in the inference thread: one embed_detailed call per prompt in the micro-batch."""
+        groups: dict[str | None, list[_Piece]] = {}
+        for piece in pieces:
+            groups.setdefault(piece[0].prompt, []).append(piece)
+        out: dict[int, Any] = {}
+        for prompt, group in groups.items():
+            texts = [t for job, s, e in group for t in job.texts[s:e]]
+            try:
+                vectors, tokens = self._embed(texts, prompt)
+            except Exception:  # noqa: BLE001 - isolate the request that fails, answer the others
+                if len(group) == 1:
+                    raise
+                for job, s, e in group:
+                    try:
+                        out[id(job)] = self._embed(job.texts[s:e], prompt)
+                    except Exception as err:  # noqa: BLE001
+                        out[id(job)] = err
+                continue
+            at = 0
+            for job, s, e in group:
+                out[id(job)] = (vectors[at:at + e - s], tokens[at:at + e - s])
+                at += e - s
+        return [out[id(job)] for job, _, _ in pieces]
