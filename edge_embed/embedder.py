@@ -7,9 +7,11 @@ only the inputs the graph declares and returns 2-D float32 arrays in input order
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ from tokenizers import Encoding, Tokenizer
 
 from .archive import ArchiveSource, is_archive, read_archive
 from .errors import BundleError, InputError
-from .manifest import Manifest
+from .manifest import RANGES_KEY, Manifest
 from .pooling import POOLERS, l2_normalize
+from .precision import PRECISIONS, quantize, ranges_array
 from .selfcheck import SelfCheckResult, probe_file
 from .selfcheck import self_check as run_self_check
 
@@ -32,6 +35,10 @@ log = logging.getLogger("edge_embed")
 
 _ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# encode() reads a generator this many batches at a time, so similar lengths still share a batch
+_ITER_BATCHES = 8
+# encode_document()'s prompt: the first of these names the bundle has (sentence-transformers' order)
+_DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 THREADS_ENV = "EDGE_EMBED_THREADS"
 MODEL_FORMATS = ("onnx", "ort")
 
@@ -96,6 +103,7 @@ class Embedder:
         self._tok = tokenizer
         self.self_check_result: SelfCheckResult | None = None  # set by load(self_check=...)
         self._tok_full: Tokenizer | None = None  # built on first token_count(): copying costs ~0.1 s of cold start
+        self._ranges: npt.NDArray[np.float32] | None = None  # int8_ranges as an array, on first use
         self._pool = POOLERS[manifest.pooling]
         self._inputs = {i.name: _ORT_INT_TYPES[i.type] for i in session.get_inputs()}
         outputs = session.get_outputs()
@@ -274,10 +282,11 @@ class Embedder:
         return res.vectors
 
     def embed_detailed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32,
-                       truncate: bool = True) -> EmbedResult:
+                       truncate: bool = True, normalize: bool = True) -> EmbedResult:
         """Like :meth:`embed`, also returning tokens per text and the truncated count.
 
-        truncate=False turns a text over max_length into an InputError instead.
+        truncate=False turns a text over max_length into an InputError instead. normalize=False
+        skips the L2 normalisation the manifest may ask for (the pooled vectors as they are).
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -295,10 +304,10 @@ class Embedder:
         order = np.argsort(-lengths, kind="stable")
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            out[idx] = self._run([encs[i] for i in idx])
+            out[idx] = self._run([encs[i] for i in idx], normalize)
         return EmbedResult(out, lengths, len(cut))
 
-    def _run(self, batch: list[Encoding]) -> npt.NDArray[np.float32]:
+    def _run(self, batch: list[Encoding], normalize: bool = True) -> npt.NDArray[np.float32]:
         width = max(len(e.ids) for e in batch)
         ids = np.zeros((len(batch), width), dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
@@ -320,4 +329,113 @@ class Embedder:
                 f"{self.path / self.manifest.model_file}: model returns {pooled.shape[1]}-d vectors, "
                 f"the manifest says dim={self.dim}"
             )
-        return l2_normalize(pooled) if self.manifest.normalize else pooled
+        return l2_normalize(pooled) if normalize and self.manifest.normalize else pooled
+
+    # ------------------------------------------------------------------ sentence-transformers shape
+    def encode(self, sentences: str | Iterable[str], batch_size: int = 32, show_progress_bar: bool | None = None,
+               normalize_embeddings: bool | None = None, prompt_name: str | None = None, prompt: str | None = None,
+               convert_to_numpy: bool = True, precision: str = "float32") -> Any:
+        """sentence-transformers' ``encode``: a str gives a 1-D vector, any iterable of str a 2-D array.
+
+        A generator (or any iterable that is not a sequence) is read a few batches at a time and
+        never held twice. prompt_name picks a prompt of the bundle (``emb.prompts``); prompt is a
+        literal prefix (it wins when both are given, with a warning, as in sentence-transformers).
+        normalize_embeddings=True L2-normalises; None or False return what the bundle produces
+        (its manifest's ``normalize``: a bundle that normalises is like a model ending in a
+        Normalize module). precision: float32, or int8 / uint8 (per-dimension ranges recorded in
+        the bundle at build time) or binary / ubinary (packed sign bits), sentence-transformers'
+        layouts. convert_to_numpy=False gives a list of 1-D arrays. show_progress_bar: a counter
+        on stderr (default off).
+        """
+        return self._encode(sentences, batch_size, show_progress_bar, "unit" if normalize_embeddings else "bundle",
+                            self._encode_prefix(prompt_name, prompt), convert_to_numpy, precision)
+
+    def encode_query(self, sentences: str | Iterable[str], **kwargs: Any) -> Any:
+        """encode() with the bundle's ``query`` prompt (when it has one and no prompt is given)."""
+        if "query" in self.manifest.prompts and kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
+            kwargs["prompt_name"] = "query"
+        return self.encode(sentences, **kwargs)
+
+    def encode_document(self, sentences: str | Iterable[str], **kwargs: Any) -> Any:
+        """encode() with the bundle's ``document`` / ``passage`` / ``corpus`` prompt, if it has one."""
+        name = next((n for n in _DOCUMENT_PROMPTS if n in self.manifest.prompts), None)
+        if name and kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
+            kwargs["prompt_name"] = name
+        return self.encode(sentences, **kwargs)
+
+    @staticmethod
+    def similarity(a: Any, b: Any) -> npt.NDArray[np.float32]:
+        """Cosine similarity matrix (len(a), len(b)) of two vectors or stacks of vectors."""
+        x = np.atleast_2d(np.asarray(a, dtype=np.float32))
+        y = np.atleast_2d(np.asarray(b, dtype=np.float32))
+        if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+            raise InputError(f"similarity: expected vectors of one width, got shapes {x.shape} and {y.shape}")
+        out: npt.NDArray[np.float32] = l2_normalize(x) @ l2_normalize(y).T
+        return out
+
+    def _encode(self, sentences: str | Iterable[str], batch_size: int, show_progress_bar: bool | None,
+                normalize: str, prefix: str, convert_to_numpy: bool, precision: str) -> Any:
+        """encode()'s work; normalize: "bundle" (as the manifest says), "unit", or "raw" (never normalised)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if precision not in PRECISIONS:
+            raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        ranges = self._int8_ranges() if precision in ("int8", "uint8") else None
+        single = isinstance(sentences, str)
+        if isinstance(sentences, bytes):
+            raise InputError("sentences: got bytes; decode them to str first")
+        texts: Iterable[Any] = [sentences] if single else sentences
+        if not isinstance(texts, Iterable):
+            raise InputError(f"sentences: expected a str or an iterable of str, got {type(texts).__name__}")
+
+        chunks: Iterator[list[Any]]
+        if isinstance(texts, (Sequence, np.ndarray)) and not show_progress_bar:
+            chunks = iter([list(texts)])  # a list is sorted by length as a whole
+        else:
+            it = iter(texts)
+            chunks = iter(lambda: list(itertools.islice(it, batch_size * _ITER_BATCHES)), [])
+        parts: list[npt.NDArray[Any]] = []
+        done = truncated = 0
+        for chunk in chunks:
+            for i, t in enumerate(chunk):
+                if not isinstance(t, str):
+                    raise InputError(f"sentences[{done + i}]: expected str, got {type(t).__name__}")
+            res = self.embed_detailed([prefix + t for t in chunk], batch_size=batch_size, normalize=normalize != "raw")
+            vecs = l2_normalize(res.vectors) if normalize == "unit" else res.vectors
+            parts.append(quantize(vecs, precision, ranges))
+            truncated += res.truncated
+            done += len(chunk)
+            if show_progress_bar:
+                sys.stderr.write(f"\rencode: {done} texts")
+                sys.stderr.flush()
+        if show_progress_bar and done:
+            sys.stderr.write("\n")
+        if truncated:
+            log.warning("%d of %d texts were longer than %d tokens and were truncated", truncated, done,
+                        self.max_length)
+        if not parts:
+            parts = [quantize(np.zeros((0, self.dim), np.float32), precision, ranges)]
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if single:
+            return out[0]
+        return out if convert_to_numpy else list(out)
+
+    def _encode_prefix(self, prompt_name: str | None, prompt: str | None) -> str:
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InputError(f"prompt: expected a prefix string, got {type(prompt).__name__}")
+            if prompt_name is not None:
+                log.warning("encode: both prompt and prompt_name given; using prompt, ignoring prompt_name=%r",
+                            prompt_name)
+            return prompt
+        return self._prefix(prompt_name)
+
+    def _int8_ranges(self) -> npt.NDArray[np.float32]:
+        if self._ranges is None:
+            value = self.manifest.extra.get(RANGES_KEY)
+            if value is None:
+                raise BundleError(f"{self.path}: the manifest has no {RANGES_KEY!r} (built by an older edge-embed); "
+                                  "rebuild the bundle with 'edge-embed build' for int8/uint8 precision, or use "
+                                  "precision='binary' / 'ubinary' / 'float32'")
+            self._ranges = ranges_array(value)
+        return self._ranges

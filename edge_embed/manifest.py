@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +19,16 @@ from typing import Any
 
 from .errors import BundleError
 
-__all__ = ["FORMAT", "FORMAT_MAJOR", "MANIFEST_NAME", "FileEntry", "Manifest", "sha256_file"]
+__all__ = ["FORMAT", "FORMAT_MAJOR", "MANIFEST_NAME", "RANGES_KEY", "FileEntry", "Manifest", "check_ranges",
+           "sha256_file"]
 
 FORMAT_NAME = "edge-embed.bundle"
 FORMAT_MAJOR = 1
 FORMAT = f"{FORMAT_NAME}/{FORMAT_MAJOR}"
 MANIFEST_NAME = "manifest.json"
 POOLINGS = ("cls", "mean")
+# optional: per-dimension [min, max] of the bundle's vectors, for encode(precision="int8"/"uint8")
+RANGES_KEY = "int8_ranges"
 _CHUNK = 1 << 20
 
 
@@ -35,6 +39,26 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_ranges(value: Any, dim: int, where: str) -> None:
+    """Validate a manifest's ``int8_ranges``: {"min": [dim floats], "max": [dim floats], ...}, min < max."""
+    if not isinstance(value, dict):
+        raise BundleError(f"{where}: '{RANGES_KEY}' must be an object with 'min' and 'max', got {type(value).__name__}")
+    for key in ("min", "max"):
+        seq = value.get(key)
+        if not isinstance(seq, list) or len(seq) != dim:
+            got = len(seq) if isinstance(seq, list) else type(seq).__name__
+            raise BundleError(f"{where}: '{RANGES_KEY}.{key}' must be a list of dim={dim} numbers, got {got}")
+        bad = next((i for i, x in enumerate(seq) if isinstance(x, bool) or not isinstance(x, (int, float))
+                    or not math.isfinite(x)), None)
+        if bad is not None:
+            raise BundleError(f"{where}: '{RANGES_KEY}.{key}[{bad}]' must be a finite number, got {seq[bad]!r}")
+    lo, hi = value["min"], value["max"]
+    bad = next((i for i in range(dim) if not lo[i] < hi[i]), None)
+    if bad is not None:
+        raise BundleError(f"{where}: '{RANGES_KEY}' dimension {bad} has min {lo[bad]} >= max {hi[bad]}; "
+                          "rebuild the bundle")
 
 
 @dataclass(frozen=True)
@@ -154,6 +178,8 @@ class Manifest:
         name = data.get("name", "")
         if not isinstance(name, str):
             raise BundleError(f"{where}: 'name' must be a string, got {name!r}")
+        if RANGES_KEY in data:
+            check_ranges(data[RANGES_KEY], dim, where)
 
         return cls(
             dim=dim, max_length=max_length, pooling=pooling, normalize=normalize, source=source,

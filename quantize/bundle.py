@@ -34,6 +34,7 @@ from .int8 import (
     weighted_matmuls,
     with_types,
 )
+from .ranges import add_int8_ranges
 from .recipe import Recipe, fill_from_model_dir, resolve_source
 from .selfcheck import FP32_MIN_COSINE, add_self_check
 from .tune import emulator, mixed_precision, outlier_ratios, per_token_search, sensitivity
@@ -221,6 +222,8 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
             # the device-side check holds the INT8 bundle to its own fidelity floor
             add_self_check(final, Embedder.load(fp32_dir), recipe.thresholds.get("cosine_min", 0.97))
 
+        for b in (final, fp32_dir) if fp32_out and final != fp32_dir else (final,):
+            add_int8_ranges(b)  # for encode(precision="int8"/"uint8")
         stage(f"[5/5] writing {out}")
         if fp32_out:
             _place(fp32_dir, Path(fp32_out), force)
