@@ -257,8 +257,8 @@ class _Service:
         for private in ("api_key", "host", "port"):
             limits.pop(private)
         return JSONResponse(Info(
-            model_id=self.model_name, source=_public_source(m.source), dim=m.dim, max_length=m.max_length,
-            pooling=m.pooling, normalize=m.normalize, prompts=m.prompts, quantization=m.quantization,
+            model_id=self.model_name, source=_without_paths(m.source), dim=m.dim, max_length=m.max_length,
+            pooling=m.pooling, normalize=m.normalize, prompts=m.prompts, quantization=_without_paths(m.quantization),
             format=m.format,
             versions={"edge_embed": __version__, "onnxruntime": onnxruntime.__version__,
                       "tokenizers": tokenizers.__version__, "python": sys.version.split()[0]},
@@ -285,12 +285,16 @@ class _Service:
             await self.scheduler.stop()
 
 
-def _public_source(source: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's source facts without local paths (the build machine's directories)."""
-    def local(value: Any) -> bool:
-        return isinstance(value, str) and (value.startswith(("/", "~", "\\")) or value[1:3] in (":\\", ":/"))
+def _without_paths(value: Any) -> Any:
+    """Manifest facts less local paths (the build machine's directories): dict entries holding one are dropped."""
+    def local(v: Any) -> bool:
+        return isinstance(v, str) and (v.startswith(("/", "~", "\\")) or v[1:3] in (":\\", ":/"))
 
-    return {k: v for k, v in source.items() if not local(v)}
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if not local(v)}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value if not local(v)]
+    return value
 
 
 def _errors(style: str, *statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -11,15 +11,11 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -31,67 +27,11 @@ import httpx  # noqa: E402
 
 from edge_embed import Embedder  # noqa: E402
 from edge_embed.cli import build_parser  # noqa: E402
-from edge_embed.server import Server, ServerConfig, config_from_args, create_app, uvicorn_config  # noqa: E402
+from edge_embed.server import ServerConfig, config_from_args  # noqa: E402
+
+from .server_util import HTTP, Gated, LiveServer, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-# one pooled client: building an httpx.Client per call (TLS context included) dominates otherwise
-HTTP = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
-
-
-# ------------------------------------------------------------------ helpers
-class LiveServer:
-    """create_app(...) served by uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, embedder: Any, config: ServerConfig) -> None:
-        self.app = create_app(embedder, config)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(512)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = Server(uvicorn_config(self.app, config, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("test server did not start")
-            time.sleep(0.01)
-
-    @property
-    def scheduler(self) -> Any:
-        return self.app.state.service.scheduler
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
-class Gated:
-    """An Embedder whose embed_detailed waits for a gate: makes queueing deterministic."""
-
-    def __init__(self, emb: Embedder) -> None:
-        self._emb = emb
-        self.gate = threading.Event()
-        self.calls: list[int] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._emb, name)
-
-    def embed_detailed(self, texts: list[str], **kw: Any) -> Any:
-        self.calls.append(len(texts))
-        if not self.gate.wait(30):
-            raise RuntimeError("gate never opened")
-        return self._emb.embed_detailed(texts, **kw)
-
-
-def wait_for(cond: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-
-
 def distinct_texts(n: int, seed: int) -> list[list[str]]:
     """n requests of 1-8 texts each, all texts distinct and of varied length."""
     rng = np.random.default_rng(seed)
@@ -216,6 +156,16 @@ BIG = 70 * 1024  # over LIMITS.max_body_bytes
     ("/embed", json.dumps({"inputs": "w " * 600, "truncate": False}).encode(), 422, "over max_length"),
     ("/embed", b'{"inputs": "ok", "truncate": "no"}', 422, "truncate: expected true or false"),
     ("/embed", b'{"inputs": "ok", "truncation_direction": "left"}', 422, "truncation_direction"),
+    # lone surrogates: valid JSON, not valid text
+    ("/v1/embeddings", b'{"input": ["ok", "caf\\udce9"]}', 422, "input[1]: not valid Unicode"),
+    ("/embed", b'{"inputs": "\\ud800"}', 422, "inputs[0]: not valid Unicode"),
+    # what json.loads refuses beyond syntax: depth, and integers over 4,300 digits
+    ("/v1/embeddings", b"[" * 30_000, 400, "nested too deeply"),
+    ("/v1/embeddings", b'{"input": ' + b"[" * 15_000 + b"]" * 15_000 + b"}", 400, "nested too deeply"),
+    ("/embed", b'{"inputs": "ok", "truncate": 1' + b"0" * 5000 + b"}", 400, "4300 digits"),
+    ("/v1/embeddings", b'{"input": "ok", "dimensions": ' + b"9" * 4300 + b"}", 400, "dimensions"),
+    ("/v1/embeddings", b"\xff\xfe{}", 400, "not valid JSON"),
+    ("/v1/embeddings", b'{"input": "ok", "model": ' + b"[" * 500 + b"]" * 500 + b"}", 422, "model: expected a string"),
 ])
 def test_error_answers(server: LiveServer, path: str, body: bytes, status: int, fragment: str) -> None:
     r = HTTP.post(server.url + path, content=body, headers={"content-type": "application/json"})
