@@ -26,6 +26,7 @@ import numpy as np
 
 from . import __version__
 from .archive import is_archive, pack, read_archive
+from .cache import HOME_ENV, cache_dir, cache_name
 from .embedder import MODEL_FORMATS, Embedder
 from .errors import EdgeEmbedError, InputError
 from .manifest import Manifest
@@ -410,6 +411,11 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise InputError(f"--threshold: expected KEY=NUMBER, got {item!r}")
     from quantize.validate import format_table
 
+    if args.output is None and args.source:
+        args.output = str(cache_dir() / cache_name(args.source))
+    elif args.output is None:
+        raise InputError("build: give -o DIR for a --from-onnx build (or a SOURCE name, whose bundle goes to the "
+                         f"cache {cache_dir()})")
     report = build(args.source, args.output, method=args.method, revision=args.revision, pooling=args.pooling,
                    max_length=args.max_length, thresholds=thresholds, force=args.force, fp32_out=args.fp32_out,
                    from_onnx=args.from_onnx, tokenizer=args.tokenizer, prompts=_prompts(args.prompt),
@@ -600,7 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a prompt the bundle carries, e.g. query='Represent this sentence: '")
     b.add_argument("--ort-format", action="store_true",
                    help="also write model.ort + required_operators_and_types.config (ONNX Runtime Mobile)")
-    b.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    b.add_argument("-o", "--output", help=f"bundle directory to write (default: the cache, ${HOME_ENV} or "
+                                          "~/.cache/edge-embed, under the SOURCE's name, where "
+                                          "edge_embed.compat finds it by id)")
     b.add_argument("--method", default="auto",
                    help="auto (default): dynamic INT8, sensitive nodes kept fp32 until the thresholds pass; "
                         "dynamic; static (needs --calibration); fp32")
