@@ -32,7 +32,7 @@ from .embedder import Embedder
 from .errors import InputError
 from .pooling import l2_normalize
 
-__all__ = ["HARMLESS_FLAG", "HARMLESS_ST", "FlagModel", "SentenceTransformer"]
+__all__ = ["HARMLESS_FLAG", "HARMLESS_ST", "FlagModel", "SentenceTransformer", "load_model"]
 
 # sentence-transformers constructor keywords with no effect on a local CPU bundle
 HARMLESS_ST = frozenset({
@@ -54,7 +54,10 @@ def _check_kwargs(cls: str, kwargs: dict[str, Any], harmless: frozenset[str]) ->
         raise InputError(f"{cls}: modules=... builds a model from parts; edge-embed loads built bundles only")
 
 
-def _load(name: str | os.PathLike[str]) -> Embedder:
+def load_model(name: str | os.PathLike[str] | Embedder) -> Embedder:
+    """A loaded Embedder as it is; a bundle path, packed file, or cached hub id / recipe name loaded."""
+    if isinstance(name, Embedder):
+        return name
     if not isinstance(name, (str, os.PathLike)):
         raise InputError(f"model_name_or_path: expected a bundle path or model id, got {type(name).__name__}")
     return Embedder.load(resolve_bundle(name))
@@ -72,7 +75,7 @@ class SentenceTransformer:
                  default_prompt_name: str | None = None, truncate_dim: int | None = None,
                  similarity_fn_name: str | None = None, **kwargs: Any) -> None:
         _check_kwargs("SentenceTransformer", kwargs, HARMLESS_ST)
-        self.embedder = _load(model_name_or_path)
+        self.embedder = load_model(model_name_or_path)
         self.prompts: dict[str, str] = {**self.embedder.prompts, **(prompts or {})}
         if default_prompt_name is not None and default_prompt_name not in self.prompts:
             raise InputError(f"default_prompt_name: {default_prompt_name!r} is not a prompt of this model "
@@ -186,7 +189,7 @@ class FlagModel:
         max_lengths = {k: kwargs.pop(k) for k in ("max_length", "query_max_length", "passage_max_length")
                        if k in kwargs}
         _check_kwargs("FlagModel", kwargs, HARMLESS_FLAG)
-        self.embedder = _load(model_name_or_path)
+        self.embedder = load_model(model_name_or_path)
         if use_fp16 is not None and not _fp16_warned:
             _fp16_warned = True
             warnings.warn("FlagModel: use_fp16 is ignored; the edge-embed bundle runs as it was built "
