@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import signal
 import sys
@@ -37,8 +38,35 @@ MODEL_ENV = "EDGE_EMBED_MODEL"
 Handler = Callable[[argparse.Namespace], int]
 
 
+class UsageError(InputError):
+    """A command line that asks for nothing sensible (a missing or contradictory flag): exit 2, like argparse."""
+
+
 def _err(msg: str) -> None:
     sys.stderr.write(f"edge-embed: error: {msg}\n")
+
+
+@contextlib.contextmanager
+def quiet_third_party(verbose: bool) -> Iterator[None]:
+    """Keep torch / transformers / optimum / onnxruntime warnings and log advice off stderr unless verbose.
+
+    The build's own progress lines are written directly, not logged, so they stay; so do
+    warnings raised by edge_embed and quantize themselves.
+    """
+    if verbose:
+        yield
+        return
+    # transformers and optimum set their loggers' levels when first used, so levels set here
+    # would not hold: logging is disabled up to WARNING instead (build stages do not log)
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.filterwarnings("default", module=r"(edge_embed|quantize)(\.|$)")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
 
 
 # ---------------------------------------------------------------------- embed
@@ -223,17 +251,17 @@ def _output_format(args: argparse.Namespace) -> str:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     if not args.model:
-        raise InputError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
+        raise UsageError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
     if args.texts and args.input:
-        raise InputError("give texts as arguments or with -i FILE, not both")
+        raise UsageError("give texts as arguments or with -i FILE, not both")
     if not args.texts and not args.input:
-        raise InputError("nothing to embed: give TEXT arguments, or -i FILE (- for stdin)")
+        raise UsageError("nothing to embed: give TEXT arguments, or -i FILE (- for stdin)")
     if args.chunk_size < 1:
-        raise InputError(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
+        raise UsageError(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
     _check_argv_texts(args.texts)
     fmt = _output_format(args)
     if fmt == "npy" and not args.output and sys.stdout.isatty():
-        raise InputError("-f npy writes binary; give -o OUT.npy or redirect stdout")
+        raise UsageError("-f npy writes binary; give -o OUT.npy or redirect stdout")
     if args.output and args.input and args.input != "-" and _same_file(args.input, args.output):
         raise InputError(f"-o {args.output}: is the input file (-i {args.input}); write the output elsewhere")
     emb = Embedder.load(args.model, threads=args.threads, model_format=args.model_format)
@@ -379,7 +407,7 @@ def _prompts(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         name, sep, prefix = item.partition("=")
         if not sep or not name.strip():
-            raise InputError(f"--prompt: expected NAME=PREFIX, got {item!r}")
+            raise UsageError(f"--prompt: expected NAME=PREFIX, got {item!r}")
         prompts[name.strip()] = prefix
     return prompts
 
@@ -396,26 +424,37 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    try:
-        from quantize.bundle import build
-    except ImportError as e:
-        raise InputError(f"build: {e}") from None
-    thresholds = {}
-    for item in args.threshold or []:
-        key, sep, value = item.partition("=")
+    if not args.source and not args.from_onnx:
+        where = f" for -o {args.output}" if args.output else ""
+        raise UsageError(f"build: nothing to build{where}; give a SOURCE (recipe name, model directory or hub id) "
+                         "or --from-onnx MODEL_ONNX --tokenizer TOKENIZER_JSON")
+    if args.output is None and not args.source:
+        raise UsageError("build: --from-onnx needs -o DIR (or a SOURCE name too, whose bundle goes to the cache "
+                         f"{cache_dir()})")
+    with quiet_third_party(args.verbose):
         try:
-            thresholds[key.strip()] = float(value)
-        except ValueError:
-            raise InputError(f"--threshold: expected KEY=NUMBER, got {item!r}") from None
-        if not sep:
-            raise InputError(f"--threshold: expected KEY=NUMBER, got {item!r}")
-    from quantize.validate import format_table
+            from quantize.bundle import build
+            from quantize.validate import THRESHOLD_KEYS, format_table
+        except ImportError as e:
+            raise InputError(f"build: {e}") from None
+        thresholds = {}
+        for item in args.threshold or []:
+            key, sep, value = item.partition("=")
+            try:
+                thresholds[key.strip()] = float(value)
+            except ValueError:
+                raise UsageError(f"--threshold: expected KEY=NUMBER, got {item!r}") from None
+            if not sep:
+                raise UsageError(f"--threshold: expected KEY=NUMBER, got {item!r}")
+            if key.strip() not in THRESHOLD_KEYS:
+                raise UsageError(f"--threshold: unknown key {key.strip()!r}; known: {', '.join(THRESHOLD_KEYS)}")
+        if args.output is None:
+            args.output = str(cache_dir() / cache_name(args.source))
+        return _run_build(build, format_table, thresholds, args)
 
-    if args.output is None and args.source:
-        args.output = str(cache_dir() / cache_name(args.source))
-    elif args.output is None:
-        raise InputError("build: give -o DIR for a --from-onnx build (or a SOURCE name, whose bundle goes to the "
-                         f"cache {cache_dir()})")
+
+def _run_build(build: Callable[..., dict[str, Any]], format_table: Callable[[dict[str, Any]], str],
+               thresholds: dict[str, float], args: argparse.Namespace) -> int:
     report = build(args.source, args.output, method=args.method, revision=args.revision, pooling=args.pooling,
                    max_length=args.max_length, thresholds=thresholds, force=args.force, fp32_out=args.fp32_out,
                    from_onnx=args.from_onnx, tokenizer=args.tokenizer, prompts=_prompts(args.prompt),
@@ -508,9 +547,9 @@ def _sts_file(path: str, split: str) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if not args.model:
-        raise InputError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
+        raise UsageError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
     if not args.sts and not args.beir:
-        raise InputError("eval: nothing to evaluate; give --sts FILE and/or --beir DIR")
+        raise UsageError("eval: nothing to evaluate; give --sts FILE and/or --beir DIR")
     results = _eval_one(args.model, args)
     ref = _eval_one(args.reference, args) if args.reference else None
     metrics = ("cosine_spearman", "ndcg@10", "recall@100")
@@ -545,7 +584,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_report, run_bench
 
     if not args.model:
-        raise InputError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
+        raise UsageError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
     report = run_bench([args.model, *(args.vs or [])], threads=args.threads, seconds=args.seconds,
                        cold_runs=args.cold_runs, progress=not args.quiet)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -633,6 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a fidelity threshold, e.g. cosine_mean=0.995")
     b.add_argument("--fp32-out", help="also write the fp32 reference bundle here")
     b.add_argument("--force", action="store_true", help="replace an existing output")
+    b.add_argument("-v", "--verbose", action="store_true",
+                   help="also show warnings and log advice of torch, transformers, optimum and onnxruntime")
     b.set_defaults(func=cmd_build)
     ev = sub.add_parser("eval", help="quality on STS files and BEIR folders (MTEB protocol)")
     ev.add_argument("-m", "--model", default=os.environ.get(MODEL_ENV), help=f"bundle directory (${MODEL_ENV})")
@@ -669,6 +710,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Handler = args.func
     try:
         return func(args)
+    except UsageError as e:
+        _err(str(e))
+        return 2
     except EdgeEmbedError as e:
         _err(str(e))
         return 1

@@ -118,7 +118,8 @@ def quantize_dynamic_int8(src: Path, dst: Path, target: str | None = None, per_c
     name, p = preset(target)
     # the quantizer logs generic advice through the root logger ("consider pre-processing",
     # "check if the model is already quantized", the latter for per_token_model's INT8 nodes)
-    logging.disable(logging.WARNING)
+    previous = logging.root.manager.disable  # a caller may have disabled logging already
+    logging.disable(max(previous, logging.WARNING))
     try:
         quantize_dynamic(
             str(src), str(dst), per_channel=per_channel, reduce_range=p["reduce_range"],
@@ -130,7 +131,7 @@ def quantize_dynamic_int8(src: Path, dst: Path, target: str | None = None, per_c
     except Exception as e:
         raise BuildError(f"{src}: dynamic quantization failed ({type(e).__name__}: {e})") from e
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
     return {
         "method": "dynamic",
         "target": name,

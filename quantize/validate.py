@@ -17,10 +17,14 @@ import numpy as np
 
 from edge_embed import Embedder
 
-__all__ = ["UPPER_BOUNDS", "check_thresholds", "compare", "drift_report", "labelled_report", "load_probes",
+__all__ = ["THRESHOLD_KEYS", "UPPER_BOUNDS", "check_thresholds", "compare", "drift_report", "labelled_report",
+           "load_probes",
            "format_table"]
 
 TOPK = 10
+# every figure a threshold can name: probe figures, the size ratio, and the labelled checks
+THRESHOLD_KEYS = ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "model_size_ratio",
+                  "sts_spearman_retained", "ndcg10_retained")
 # thresholds that are ceilings, not floors
 UPPER_BOUNDS = frozenset({"model_size_ratio"})
 

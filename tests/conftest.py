@@ -42,6 +42,8 @@ def _build_once(root: Path, name: str, *args: str) -> Path:
     if (out / "manifest.json").is_file():
         return out
     r = run_cli("build", *args, "-o", str(out), "--force")
+    # kept for the test that build output carries no third-party warning noise
+    (root / f"{name}.build-stderr.txt").write_text(r.stderr, encoding="utf-8")
     if r.returncode != 0:
         pytest.fail(f"building {name} failed (exit {r.returncode}):\n{r.stderr[-4000:]}")
     return out

@@ -57,8 +57,6 @@ def test_embed_reports_truncation(minilm_int8: Path, capsys: pytest.CaptureFixtu
     ("argv", "message"),
     [
         (["embed", "-m", "/nonexistent/bundle", "hi"], "no such bundle"),
-        (["embed", "hi"], "-m/--model"),
-        (["embed", "-m", "{b}"], "nothing to embed"),
         (["embed", "-m", "{b}", "-i", "/nonexistent.txt"], "cannot open input"),
         (["embed", "-m", "{b}", "--prompt", "query", "hi"], "not in this bundle's prompts"),
     ],
