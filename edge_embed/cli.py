@@ -489,7 +489,7 @@ def add_serve_parser(sub: Any) -> None:
     s.add_argument("--api-key-file", default=env("EDGE_EMBED_API_KEY_FILE"), metavar="PATH",
                    help="read the key from a file, so it is not in the process list ($EDGE_EMBED_API_KEY_FILE)")
     s.add_argument("--max-batch-tokens", type=int, default=env("EDGE_EMBED_MAX_BATCH_TOKENS", "8192"),
-                   help="tokens coalesced from concurrent requests into one inference call (8192)")
+                   help="tokens per micro-batch, taken round-robin from concurrent requests (8192)")
     s.add_argument("--max-inputs", type=int, default=env("EDGE_EMBED_MAX_INPUTS", "2048"),
                    help="texts per request (2048)")
     s.add_argument("--max-body-bytes", type=int, default=env("EDGE_EMBED_MAX_BODY_BYTES", str(8 << 20)),
@@ -497,7 +497,7 @@ def add_serve_parser(sub: Any) -> None:
     s.add_argument("--queue-size", type=int, default=env("EDGE_EMBED_QUEUE_SIZE", "8192"),
                    help="texts waiting for the model before answering 503 (8192)")
     s.add_argument("--batch-size", type=int, default=env("EDGE_EMBED_BATCH_SIZE", "32"),
-                   help="rows per ONNX Runtime run (32)")
+                   help="texts per micro-batch: one ONNX Runtime run (32)")
     s.add_argument("--batch-wait-ms", type=float, default=env("EDGE_EMBED_BATCH_WAIT_MS", "2"),
                    help="under steady load, wait up to this long for the next micro-batch to fill (2; 0 = off)")
     s.add_argument("--long-text", choices=("truncate", "error"), default=env("EDGE_EMBED_LONG_TEXT", "truncate"),

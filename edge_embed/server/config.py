@@ -24,12 +24,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
-    max_batch_tokens: int = 8192  # tokens per micro-batch (one inference call); requests are split to fit
+    max_batch_tokens: int = 8192  # tokens per micro-batch; requests are split to fit
     max_inputs: int = 2048  # texts per request: OpenAI's own limit (LangChain sends up to 1000)
     max_body_bytes: int = 8 * 1024 * 1024
     max_drain_bytes: int = 64 * 1024 * 1024  # an oversized body is read up to here so the client sees its 413
     queue_size: int = 8192  # texts waiting for the model; beyond it: 503 + Retry-After
-    batch_size: int = 32  # rows per ONNX Runtime run inside a micro-batch
+    batch_size: int = 32  # texts per micro-batch (one ONNX Runtime run); requests are split to fit
     retry_after: int = 1  # seconds, sent with 503
     graceful_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM; the rest get 503
     warmup: bool = True  # run the largest batch shape once at startup (see Scheduler.warm_up)

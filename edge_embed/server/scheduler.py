@@ -1,11 +1,13 @@
-"""Scheduler: fair, token-budgeted micro-batches over every queued request.
+"""Scheduler: fair micro-batches of one ONNX Runtime run each, over every queued request.
 
-Requests are split: each micro-batch (one ``Embedder.embed_detailed`` call per prompt, in
-one inference thread) takes texts round-robin across the queued requests, one text from
-each in turn, until ``max_batch_tokens`` is reached. A 1-text request arriving behind a
-512-text one therefore waits for the micro-batch being computed and rides in the next,
-instead of waiting for all 512 texts; under load, batches grow by themselves. Each
-request gets exactly its own vectors back, in order, once all its texts are done.
+Requests are split: each micro-batch (at most ``batch_size`` texts and ``max_batch_tokens``
+tokens: one ``Embedder.embed_detailed`` call per prompt, in one inference thread) takes
+texts round-robin across the queued requests, one text from each in turn. A 1-text
+request arriving behind a 512-text one therefore waits for the micro-batch being computed
+and rides in the next, instead of waiting for all 512 texts; under load, micro-batches
+fill up with texts of many requests. A request's texts are handed out longest first, so
+a micro-batch holds texts of similar length (little padding), and each request gets
+exactly its own vectors back, in its order, once all its texts are done.
 
 There is no fixed batching delay: a lone request runs at once, and only under steady load
 does the worker wait a moment (``batch_wait_ms``) for the clients it just answered to send
@@ -56,11 +58,13 @@ class _Job:
     future: asyncio.Future[Result]
     vectors: npt.NDArray[np.float32]
     tokens: npt.NDArray[np.int64] = field(init=False)
-    next: int = 0  # first text not yet handed to a micro-batch
+    order: list[int] = field(init=False)  # the order texts are handed out: longest first
+    next: int = 0  # texts handed to micro-batches so far
     left: int = field(init=False)  # texts not yet embedded
 
     def __post_init__(self) -> None:
         self.tokens = np.zeros(len(self.texts), dtype=np.int64)
+        self.order = sorted(range(len(self.texts)), key=lambda i: -self.weights[i])
         self.left = len(self.texts)
 
     @property
@@ -68,7 +72,7 @@ class _Job:
         return len(self.texts) - self.next
 
 
-_Piece = tuple[_Job, int, int]  # a job's texts [start, end) inside one micro-batch
+_Piece = tuple[_Job, list[int]]  # a job's texts (indices) inside one micro-batch
 
 
 class Scheduler:
@@ -195,37 +199,37 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), left)
 
     def _take(self) -> list[_Piece]:
-        """The next micro-batch: one text from each queued request in turn, up to the token budget.
+        """The next micro-batch: one text from each queued request in turn, up to the budgets.
 
-        A request's texts inside one micro-batch are consecutive, so each request adds one
-        piece. The first request served moves to the back, so no request is always first.
+        The first request served moves to the back, so no request is always first.
         """
-        budget = self.config.max_batch_tokens
+        budget, rows = self.config.max_batch_tokens, self.config.batch_size
         used = 0
-        starts: dict[_Job, int] = {}
+        picked: dict[_Job, list[int]] = {}
+        n = 0
         full = False
         while not full and self.jobs:
             progressed = False
             for job in self.jobs:
                 if not job.waiting or job.future.done():
                     continue
-                w = job.weights[job.next]
-                if used and used + w > budget:
+                i = job.order[job.next]
+                if n and (n == rows or used + job.weights[i] > budget):
                     full = True
                     break
-                starts.setdefault(job, job.next)
+                picked.setdefault(job, []).append(i)
                 job.next += 1
-                used += w
+                used += job.weights[i]
+                n += 1
                 progressed = True
             if not progressed:
                 break
-        if self.jobs and self.jobs[0] in starts:
+        if self.jobs and self.jobs[0] in picked:
             self.jobs.rotate(-1)
         for job in [j for j in self.jobs if not j.waiting]:
             self.jobs.remove(job)
-        pieces = [(job, start, job.next) for job, start in starts.items()]
-        self.queued_texts -= sum(end - start for _, start, end in pieces)
-        return pieces
+        self.queued_texts -= n
+        return list(picked.items())
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -240,7 +244,7 @@ class Scheduler:
             pieces = self._take()
             if not pieces:
                 continue
-            n_texts = sum(end - start for _, start, end in pieces)
+            n_texts = sum(len(idx) for _, idx in pieces)
             self._last_texts = n_texts
             t0 = time.perf_counter()
             try:
@@ -248,18 +252,21 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - reported to each waiting request as a 500
                 log.exception("micro-batch failed")
                 results = [e] * len(pieces)
-            self.metrics.inference.observe(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            self.metrics.inference.observe(took)
             self.metrics.batch_size.observe(n_texts)
             self.metrics.batch_requests.observe(len(pieces))
-            self.metrics.batch_tokens.observe(sum(sum(j.weights[s:e]) for j, s, e in pieces))
-            for (job, start, end), res in zip(pieces, results, strict=True):
+            self.metrics.batch_tokens.observe(sum(job.weights[i] for job, idx in pieces for i in idx))
+            log.debug("micro-batch: %d texts of %d requests (%s) in %.3f s", n_texts, len(pieces),
+                      ",".join(str(len(idx)) for _, idx in pieces), took)
+            for (job, idx), res in zip(pieces, results, strict=True):
                 if job.future.done():
                     continue
                 if isinstance(res, BaseException):
                     job.future.set_exception(res)
                     continue
-                job.vectors[start:end], job.tokens[start:end] = res
-                job.left -= end - start
+                job.vectors[idx], job.tokens[idx] = res
+                job.left -= len(idx)
                 if not job.left:
                     job.future.set_result((job.vectors, job.tokens))
 
@@ -274,20 +281,20 @@ class Scheduler:
             groups.setdefault(piece[0].prompt, []).append(piece)
         out: dict[int, Any] = {}
         for prompt, group in groups.items():
-            texts = [t for job, s, e in group for t in job.texts[s:e]]
+            texts = [job.texts[i] for job, idx in group for i in idx]
             try:
                 vectors, tokens = self._embed(texts, prompt)
             except Exception:  # noqa: BLE001 - isolate the request that fails, answer the others
                 if len(group) == 1:
                     raise
-                for job, s, e in group:
+                for job, idx in group:
                     try:
-                        out[id(job)] = self._embed(job.texts[s:e], prompt)
+                        out[id(job)] = self._embed([job.texts[i] for i in idx], prompt)
                     except Exception as err:  # noqa: BLE001
                         out[id(job)] = err
                 continue
             at = 0
-            for job, s, e in group:
-                out[id(job)] = (vectors[at:at + e - s], tokens[at:at + e - s])
-                at += e - s
-        return [out[id(job)] for job, _, _ in pieces]
+            for job, idx in group:
+                out[id(job)] = (vectors[at:at + len(idx)], tokens[at:at + len(idx)])
+                at += len(idx)
+        return [out[id(job)] for job, _ in pieces]

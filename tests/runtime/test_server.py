@@ -230,7 +230,7 @@ def test_queued_requests_coalesce_into_one_batch_with_their_own_vectors(fp32: Em
     """Deterministic coalescing: hold the worker, queue 40 requests, release. fp32 bundle, so
     a text's vector does not depend on its batch and results must equal Embedder.embed."""
     gated = Gated(fp32)
-    s = LiveServer(gated, ServerConfig(max_batch_tokens=1 << 20, warmup=False))
+    s = LiveServer(gated, ServerConfig(max_batch_tokens=1 << 20, batch_size=256, warmup=False))
     requests = distinct_texts(24, seed=1)
     try:
         with ThreadPoolExecutor(41) as pool:

@@ -172,10 +172,11 @@ class Recording(Gated):
 
 def test_short_request_rides_the_next_micro_batch_of_a_long_one(fp32: Embedder) -> None:
     """A 1-text request queued behind a 96-text one is in the very next micro-batch, and both
-    get exactly their own vectors, in order, though the long one is split (fp32: exact)."""
+    get exactly their own vectors, in order, though the long one is split and reordered (fp32)."""
     rec = Recording(fp32)
     s = LiveServer(rec, ServerConfig(max_batch_tokens=160, warmup=False))
-    long_texts = [f"passage {i} about quantized sentence embeddings on small devices" for i in range(96)]
+    # varied lengths: a request's texts are handed out longest first, and must come back in order
+    long_texts = [f"passage {i} " + "about quantized sentence embeddings " * (i % 7 + 1) for i in range(96)]
     try:
         with ThreadPoolExecutor(2) as pool:
             long = pool.submit(HTTP.post, s.url + "/embed", json={"inputs": long_texts}, timeout=120)
