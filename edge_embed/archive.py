@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import tarfile
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any, Union
 
 from .errors import BundleError, InputError
-from .manifest import MANIFEST_NAME, Manifest
+from .manifest import DIGEST_NAME, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, check_recorded, digest_line
 
 __all__ = ["ARCHIVE_SUFFIX", "ArchiveSource", "PackedBundle", "is_archive", "pack", "read_archive"]
 
@@ -47,7 +46,8 @@ ARCHIVE_SUFFIX = ".edgeembed"
 _CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
 _FIELD = 1_000_000  # a protobuf field number that onnx.ModelProto does not use
-_NOTE = b" edge-embed: skip to the ONNX model"  # rest of the global headers' names (never extracted)
+_NOTE = b" edge-embed: skip to the ONNX model"
+_MAX_DIGEST_BYTES = 4096  # rest of the global headers' names (never extracted)
 
 ArchiveSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 
@@ -149,17 +149,28 @@ def _padding(size: int) -> int:
     return -size % _BLOCK
 
 
-def _write_member(f: IO[bytes], root: Path, top: str, name: str) -> tuple[int, int]:
-    """Write one bundle file's header and bytes (no padding); return where its bytes start and their size."""
-    path = root / name
-    size = path.stat().st_size
-    f.write(_header(_tarinfo(f"{top}/{name}", size)))
-    at = f.tell()
-    with open(path, "rb") as src:
-        shutil.copyfileobj(src, f, _CHUNK)
-    if f.tell() - at != size:
-        raise BundleError(f"{path}: changed while it was being packed; pack again")
-    return at, size
+Part = bytes | tuple[str, int]
+
+
+def _layout(top: str, members: list[tuple[str, int]]) -> list[Part]:
+    """The archive pack writes, in order: the bytes around the members' data, and (name, size)
+    where a member's data goes. ``members`` in archive order, the ONNX model last.
+
+    The same function lays out a new archive and checks an existing one byte for byte.
+    """
+    headers = [_header(_tarinfo(f"{top}/{name}", size)) for name, size in members]
+    before = zip(headers[:-1], members[:-1], strict=True)
+    model_at = _BLOCK + sum(len(h) + size + _padding(size) for h, (_, size) in before) + len(headers[-1])
+    parts: list[Part] = [_global_header(_field_opening(model_at) + _NOTE)]
+    for h, (name, size) in zip(headers[:-1], members[:-1], strict=True):
+        parts += [h, (name, size), bytes(_padding(size))]
+    parts += [headers[-1], members[-1]]
+    # the model is last: after its bytes, a field opens that runs to the end of the file
+    pad = _padding(members[-1][1])
+    rest = _header(_tarinfo(top, 0, directory=True)) + bytes(2 * _BLOCK)
+    closing = _field_opening(pad + _BLOCK + len(rest))
+    parts.append(closing[:pad] + bytes(pad - len(closing[:pad])) + _global_header(closing[pad:] + _NOTE) + rest)
+    return parts
 
 
 def pack(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False) -> Path:
@@ -167,6 +178,7 @@ def pack(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, for
 
     The ONNX model goes last and the archive is laid out so that onnxruntime can open the
     file itself as that model (see the module docstring). The same bundle gives the same bytes.
+    The archive always carries manifest.json.sha256 (computed here for bundles built without one).
     """
     root = Path(bundle_dir)
     dest = Path(out)
@@ -179,26 +191,28 @@ def pack(bundle_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, for
     if dest.resolve().is_relative_to(root.resolve()):
         raise InputError(f"{dest}: inside the bundle it packs; write it somewhere else")
     top = (dest.name[: -len(ARCHIVE_SUFFIX)] if dest.name.endswith(ARCHIVE_SUFFIX) else dest.stem) or "bundle"
+    model = manifest.model_file
+    raw = (root / MANIFEST_NAME).read_bytes()
+    inline = {MANIFEST_NAME: raw, DIGEST_NAME: digest_line(raw)}
+    names = [MANIFEST_NAME, DIGEST_NAME, *sorted(n for n in manifest.files if n != model), model]
+    sizes = [(n, len(inline[n]) if n in inline else (root / n).stat().st_size) for n in names]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.partial")
-    model = manifest.model_file
-    names = [MANIFEST_NAME, *sorted(n for n in manifest.files if n != model)]
     try:
         with open(tmp, "wb") as f:
-            f.write(bytes(_BLOCK))  # the opening global header, written once the model's offset is known
-            for name in names:
-                _, size = _write_member(f, root, top, name)
-                f.write(bytes(_padding(size)))
-            model_at, size = _write_member(f, root, top, model)
-            # the model is last: after its bytes, a field opens that runs to the end of the file
-            pad = _padding(size)
-            rest = _header(_tarinfo(top, 0, directory=True)) + bytes(2 * _BLOCK)
-            closing = _field_opening(pad + _BLOCK + len(rest))
-            f.write(closing[:pad] + bytes(pad - len(closing[:pad])))
-            f.write(_global_header(closing[pad:] + _NOTE))
-            f.write(rest)
-            f.seek(0)
-            f.write(_global_header(_field_opening(model_at) + _NOTE))
+            for part in _layout(top, sizes):
+                if isinstance(part, bytes):
+                    f.write(part)
+                    continue
+                name, size = part
+                at = f.tell()
+                if name in inline:
+                    f.write(inline[name])
+                else:
+                    with open(root / name, "rb") as src:
+                        shutil.copyfileobj(src, f, _CHUNK)
+                if f.tell() - at != size:
+                    raise BundleError(f"{root / name}: changed while it was being packed; pack again")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -245,7 +259,7 @@ def _member_name(label: str, raw: str, is_dir: bool, top: list[str]) -> str | No
 
 def read_archive(source: ArchiveSource, *, verify: bool = False,
                  keep: Callable[[Manifest], Collection[str]] | None = None,
-                 in_place: bool = False) -> PackedBundle:
+                 in_place: bool = False, digest: str | None = None) -> PackedBundle:
     """Read a packed bundle from a path, bytes or a binary file object.
 
     Every member's size is checked against the manifest; with verify=True its sha256 too.
@@ -253,11 +267,15 @@ def read_archive(source: ArchiveSource, *, verify: bool = False,
     so a truncation anywhere is caught. Any problem is a BundleError naming the member.
     in_place: for a path whose file also parses as its ONNX model (as ``pack`` writes it), leave
     the model's bytes unread (hashed only with verify); ``model_path`` then gives the file to open.
+    digest: the pinned bundle digest (``"sha256:<hex>"`` of manifest.json); any other manifest is
+    refused before another member is read. With verify, every byte of an archive laid out as
+    ``pack`` writes it is checked: members by sha256, the tar structure around them against
+    the layout pack writes (a plain tar's structure only by tar's own header checksums).
     """
     stream, label, owned = _open(source)
     path = Path(source) if in_place and isinstance(source, (str, os.PathLike)) else None
     try:
-        return _read(stream, label, verify, keep, path)
+        return _read(stream, label, verify, keep, path, pinned=digest)
     finally:
         if owned:
             stream.close()
@@ -279,12 +297,13 @@ def _closes_at_end(stream: IO[bytes], at: int, size: int) -> bool:
     return span is not None and at + span == size
 
 
-def _read(stream: IO[bytes], label: str, verify: bool,
-          keep: Callable[[Manifest], Collection[str]] | None, path: Path | None) -> PackedBundle:
+def _read(stream: IO[bytes], label: str, verify: bool, keep: Callable[[Manifest], Collection[str]] | None,
+          path: Path | None, pinned: str | None) -> PackedBundle:
     manifest: Manifest | None = None
     wanted: Collection[str] | None = None
     members: dict[str, bytes] = {}
     seen: set[str] = set()
+    sequence: list[tuple[str, int]] = []  # (name, size) in archive order, for the layout check
     top: list[str] = []
     current = "the archive header"
     opening = _opening_span(stream) if path is not None else None
@@ -294,6 +313,7 @@ def _read(stream: IO[bytes], label: str, verify: bool,
         # a seekable source is read member by member with one read() each (tarfile's stream
         # mode copies in 10 KiB blocks: 4x slower on a 23 MB model); pipes use stream mode
         seekable = stream.seekable() if hasattr(stream, "seekable") else False
+        packed_layout = seekable and _opens_like_pack(stream)
         with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|") as tf:
             for info in tf:
                 name = _member_name(label, info.name, info.isdir(), top)
@@ -305,17 +325,34 @@ def _read(stream: IO[bytes], label: str, verify: bool,
                 if name in seen:
                     raise BundleError(f"{label}:{name}: appears twice in the archive; repack the bundle")
                 seen.add(name)
+                sequence.append((name, info.size))
                 f = _member_reader(tf, stream, info, seekable)
                 if name == MANIFEST_NAME:
-                    manifest = _parse_manifest(f(info.size), f"{label}:{MANIFEST_NAME}")
+                    if info.size > MAX_MANIFEST_BYTES:  # checked before reading: the header may lie
+                        raise BundleError(f"{label}:{name}: declares {info.size} bytes, more than a manifest "
+                                          "holds; this is not a packed edge-embed bundle")
+                    raw_manifest = f(info.size)
+                    if len(raw_manifest) != info.size:
+                        raise tarfile.ReadError("unexpected end of data")
+                    manifest = Manifest.from_bytes(raw_manifest, f"{label}:{MANIFEST_NAME}", digest=pinned)
                     wanted = keep(manifest) if keep else None
                     continue
                 if manifest is None:
                     raise BundleError(f"{label}: the first member is {name!r}, expected {MANIFEST_NAME}; "
                                       "this is not a packed edge-embed bundle")
+                if name == DIGEST_NAME:
+                    if info.size > _MAX_DIGEST_BYTES:
+                        raise BundleError(f"{label}:{name}: declares {info.size} bytes, more than a sha256 line")
+                    check_recorded(manifest.digest, f(info.size), f"{label}:{MANIFEST_NAME}", f"{label}:{name}")
+                    continue
                 entry = manifest.files.get(name)
                 if entry is None:
                     continue  # like a directory bundle, files the manifest does not list are ignored
+                if info.size != entry.bytes:  # before any read: a crafted header may declare any size
+                    raise BundleError(
+                        f"{label}:{name}: the archive declares {info.size} bytes, the manifest says {entry.bytes} "
+                        f"(files.{name}.bytes); the archive is truncated or altered"
+                    )
                 want = wanted is None or name in wanted
                 if (want and name == manifest.model_file and info.offset_data == opening
                         and info.offset_data + info.size <= file_size):
@@ -331,7 +368,7 @@ def _read(stream: IO[bytes], label: str, verify: bool,
                         digest.update(chunk)
                     if want:
                         parts.append(chunk)
-                if info.size != entry.bytes or got != entry.bytes:
+                if got != entry.bytes:
                     raise BundleError(
                         f"{label}:{name}: {got} bytes, the manifest says {entry.bytes} (files.{name}.bytes); "
                         "the archive is truncated or altered"
@@ -357,6 +394,8 @@ def _read(stream: IO[bytes], label: str, verify: bool,
     if missing:
         raise BundleError(f"{label}:{missing[0]}: missing from the archive, the manifest lists it "
                           f"(files.{missing[0]}); the archive is truncated or incomplete")
+    if verify and packed_layout:
+        _check_layout(stream, label, top[0] if top else "", sequence)
     in_place = None
     if unread is not None and path is not None:
         if _closes_at_end(stream, unread.offset_data + unread.size, file_size):
@@ -365,6 +404,41 @@ def _read(stream: IO[bytes], label: str, verify: bool,
             stream.seek(unread.offset_data)
             members[manifest.model_file] = stream.read(unread.size)
     return PackedBundle(label, manifest, members, in_place)
+
+
+def _opens_like_pack(stream: IO[bytes]) -> bool:
+    """True if the archive opens with pack's global header (then verify checks every byte of its layout)."""
+    head = stream.read(_BLOCK)
+    stream.seek(0)
+    return len(head) == _BLOCK and head[156:157] == tarfile.XGLTYPE and _NOTE in head[:100]
+
+
+def _check_layout(stream: IO[bytes], label: str, top: str, sequence: list[tuple[str, int]]) -> None:
+    """Every byte outside the members' data (hashed separately) must be what pack writes.
+
+    Tar readers skip padding, trailing blocks and the text of global headers, and tar's header
+    checksum ignores a byte of its own field, so without this a changed byte there would load.
+    """
+    where = "the archive header"
+    pos = 0
+    for part in _layout(top, sequence) if sequence else []:
+        if isinstance(part, tuple):
+            where = f"the tar structure after {part[0]}"
+            pos += part[1]
+            continue
+        stream.seek(pos)
+        got = stream.read(len(part))
+        if got != part:
+            diff = (i for i, (a, b) in enumerate(zip(got, part, strict=False)) if a != b)
+            at = pos + next(diff, min(len(got), len(part)))
+            raise BundleError(f"{label}: byte {at} ({where}) is not what 'edge-embed pack' writes; "
+                              "the archive was altered or corrupted: copy it again or repack the bundle")
+        pos += len(part)
+    stream.seek(0, os.SEEK_END)
+    end = stream.tell()
+    if end != pos:
+        raise BundleError(f"{label}: {end - pos} bytes follow the end of the archive 'edge-embed pack' wrote; "
+                          "the archive was altered: copy it again or repack the bundle")
 
 
 def _member_reader(tf: tarfile.TarFile, stream: IO[bytes], info: tarfile.TarInfo,
@@ -377,11 +451,3 @@ def _member_reader(tf: tarfile.TarFile, stream: IO[bytes], info: tarfile.TarInfo
     if f is None:  # pragma: no cover - regular members always have data
         raise tarfile.ReadError(f"{info.name} has no data")
     return f.read
-
-
-def _parse_manifest(raw: bytes, where: str) -> Manifest:
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{where}: not valid JSON ({e}); repack the bundle") from None
-    return Manifest.from_dict(data, where=where)

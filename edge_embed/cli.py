@@ -35,6 +35,7 @@ from .manifest import Manifest
 __all__ = ["main"]
 
 MODEL_ENV = "EDGE_EMBED_MODEL"
+DIGEST_ENV = "EDGE_EMBED_DIGEST"
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -264,7 +265,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise UsageError("-f npy writes binary; give -o OUT.npy or redirect stdout")
     if args.output and args.input and args.input != "-" and _same_file(args.input, args.output):
         raise InputError(f"-o {args.output}: is the input file (-i {args.input}); write the output elsewhere")
-    emb = Embedder.load(args.model, threads=args.threads, model_format=args.model_format)
+    emb = Embedder.load(args.model, threads=args.threads, model_format=args.model_format,
+                        verify=args.verify, digest=args.digest)
 
     chunks: Iterator[list[str]]
     if args.texts:
@@ -336,9 +338,9 @@ def _chunked(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 def cmd_info(args: argparse.Namespace) -> int:
     if is_archive(args.bundle):
         # keep=nothing: every member is read through (sizes, and sha256 with --verify), none kept
-        m = read_archive(args.bundle, verify=args.verify, keep=lambda _: ()).manifest
+        m = read_archive(args.bundle, verify=args.verify, keep=lambda _: (), digest=args.digest).manifest
     else:
-        m = Manifest.read(args.bundle)
+        m = Manifest.read(args.bundle, digest=args.digest)
         if args.verify:
             m.verify(args.bundle)
         else:
@@ -377,7 +379,7 @@ def _print_info(m: Manifest, path: str) -> None:
     q, v = m.quantization, m.validation
     size = sum(f.bytes for f in m.files.values())
     rows: list[tuple[str, Any]] = [
-        ("bundle", path), ("format", m.format), ("source", m.source.get("model_id", "?")),
+        ("bundle", path), ("digest", m.digest), ("format", m.format), ("source", m.source.get("model_id", "?")),
         ("revision", m.source.get("revision") or "-"), ("dim", m.dim), ("max_length", m.max_length),
         ("pooling", m.pooling), ("normalize", m.normalize),
         ("prompts", ", ".join(f"{k}={p!r}" for k, p in m.prompts.items()) or "-"),
@@ -475,6 +477,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:  # the message names the extra to install
         raise InputError(f"serve: {e}") from None
     return run_serve(args)
+
+
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """--digest and --no-verify, for every verb that loads a bundle to embed with it."""
+    p.add_argument("--digest", default=os.environ.get(DIGEST_ENV), metavar="sha256:HEX",
+                   help=f"refuse the bundle unless its digest (edge-embed info) is this (${DIGEST_ENV})")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="check every file's sha256 before loading (default on; --no-verify checks sizes only)")
 
 
 def add_serve_parser(sub: Any) -> None:
@@ -613,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     e.add_argument("--model-format", choices=MODEL_FORMATS, default="onnx",
                    help="which model file to run: model.onnx, or the ORT-format model.ort (edge-embed convert)")
+    add_load_arguments(e)
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress on stderr (default: when reading a file on a terminal)")
     e.set_defaults(func=cmd_embed)
@@ -620,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="show a bundle's manifest")
     i.add_argument("bundle", help="bundle directory or packed .edgeembed file")
     i.add_argument("--verify", action="store_true", help="check every file's sha256")
+    i.add_argument("--digest", default=os.environ.get(DIGEST_ENV), metavar="sha256:HEX",
+                   help=f"refuse the bundle unless its digest is this (${DIGEST_ENV})")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.add_argument("--self-check", nargs="?", const="raise", choices=("raise", "warn"), default=None,
                    help="embed the bundle's probe texts on this device and compare with their fp32 "

@@ -23,7 +23,7 @@ from tokenizers import Encoding, Tokenizer
 
 from .archive import ArchiveSource, is_archive, read_archive
 from .errors import BundleError, InputError
-from .manifest import RANGES_KEY, Manifest
+from .manifest import RANGES_KEY, Manifest, check_digest
 from .pooling import POOLERS, l2_normalize
 from .precision import PRECISIONS, quantize, ranges_array
 from .selfcheck import SelfCheckResult, probe_file
@@ -92,6 +92,26 @@ def check_texts(texts: Any) -> list[str]:
     return out
 
 
+def _tokenizer_failure(e: BaseException) -> bool:
+    """An error of the tokenizer's own: an Exception, or pyo3's PanicException (a BaseException,
+    so that ``except Exception`` misses it); not KeyboardInterrupt, SystemExit or MemoryError."""
+    return (isinstance(e, Exception) and not isinstance(e, MemoryError)) or type(e).__name__ == "PanicException"
+
+
+def _encode(tok: Tokenizer, texts: list[str], offset: int) -> list[Encoding]:
+    """encode_batch, with a tokenizer's panic (pyo3's PanicException, a BaseException) as an InputError."""
+    if not texts:
+        return []
+    try:
+        return list(tok.encode_batch(texts))
+    except BaseException as e:
+        if not _tokenizer_failure(e):
+            raise
+        where = f"texts[{offset}]" if len(texts) == 1 else f"texts[{offset}:{offset + len(texts)}]"
+        raise InputError(f"{where}: the bundle's tokenizer failed on this input ({type(e).__name__}: "
+                         f"{str(e)[:200]})") from None
+
+
 class Embedder:
     """Loads a bundle and embeds text. Use :meth:`load`."""
 
@@ -114,13 +134,17 @@ class Embedder:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | os.PathLike[str] | ArchiveSource, threads: int | None = None, *,
-             verify: bool = False, providers: Sequence[str] | None = None,
+             verify: bool = True, digest: str | None = None, providers: Sequence[str] | None = None,
              model_format: str = "onnx", self_check: bool | str = False) -> Embedder:
         """Load a bundle: a directory, a packed ``.edgeembed`` file, its bytes or a binary file object.
 
         threads: intra-op threads for ONNX Runtime (default: $EDGE_EMBED_THREADS, else ORT's
         choice of one per physical core); at most :func:`max_threads` (4 per logical CPU).
-        verify: check every file's sha256 first (sizes are always checked).
+        verify: check every file's sha256 against the manifest before use (the default; see
+        docs/robustness.md for what it costs); False checks sizes only. The manifest itself is
+        checked against the bundle's manifest.json.sha256 when it has one. digest: the bundle
+        digest ``"sha256:<hex>"`` that ``edge-embed info`` prints (the sha256 of manifest.json);
+        any other manifest is refused, and every file is verified, so a pinned digest covers them all.
         model_format: "onnx", or "ort" for the bundle's ORT-format model
         (``edge-embed convert``). Any problem with the bundle is a BundleError naming the file.
         A packed bundle is never unpacked to disk: onnxruntime opens a packed file itself as the
@@ -135,6 +159,11 @@ class Embedder:
             raise InputError(f"model_format: expected one of {MODEL_FORMATS}, got {model_format!r}")
         if self_check not in (False, True, "warn"):
             raise InputError(f"self_check: expected True, False or 'warn', got {self_check!r}")
+        if not isinstance(verify, bool):
+            raise InputError(f"verify: expected True or False, got {verify!r}")
+        if digest is not None:
+            check_digest(digest)
+            verify = True  # the digest covers the files only through their sha256 in the manifest
         threads = _check_threads(threads)
 
         def model_name(m: Manifest) -> str:
@@ -152,11 +181,11 @@ class Embedder:
                 return {model_name(m), m.tokenizer_file} | ({probes} if probes else set())
 
             # a packed file is opened by onnxruntime in place of its ONNX model when its layout allows
-            packed = read_archive(path, verify=verify, keep=keep, in_place=model_format == "onnx")
+            packed = read_archive(path, verify=verify, keep=keep, in_place=model_format == "onnx", digest=digest)
             root, manifest = Path(packed.label), packed.manifest
         else:
             root = Path(path)  # type: ignore[arg-type]
-            manifest = Manifest.read(root)
+            manifest = Manifest.read(root, digest=digest)
             if verify:
                 manifest.verify(root)
             else:
@@ -169,12 +198,16 @@ class Embedder:
                 tokenizer = Tokenizer.from_str(packed.data(manifest.tokenizer_file).decode("utf-8"))
             else:
                 tokenizer = Tokenizer.from_file(str(tok_path))
+            tokenizer.no_padding()  # we pad per batch, to the batch's own longest text
+            tokenizer.enable_truncation(manifest.max_length)
+            tokenizer.encode_batch(["a b", ""])  # a tokenizer that panics on every text is the bundle's fault
         except BundleError:
             raise
-        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise BundleError(f"{tok_path}: not a readable tokenizers file ({e}); rebuild the bundle") from None
-        tokenizer.no_padding()  # we pad per batch, to the batch's own longest text
-        tokenizer.enable_truncation(manifest.max_length)
+        except BaseException as e:  # tokenizers raises bare Exceptions, and pyo3's PanicException (a BaseException)
+            if not _tokenizer_failure(e):
+                raise
+            raise BundleError(f"{tok_path}: not a readable tokenizers file ({type(e).__name__}: {str(e)[:200]}); "
+                              "rebuild the bundle") from None
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -256,7 +289,7 @@ class Embedder:
         """Tokenize with the bundle's tokenizer, truncated at max_length (the tokens embed() feeds)."""
         items = check_texts(texts)
         prefix = self._prefix(prompt)
-        return self._tok.encode_batch([prefix + t for t in items]) if items else []
+        return _encode(self._tok, [prefix + t for t in items], offset=0)
 
     def token_count(self, texts: Sequence[str], prompt: str | None = None) -> list[int]:
         """Tokens each text needs, special tokens included, before truncation."""
@@ -267,7 +300,7 @@ class Embedder:
         if self._tok_full is None:
             self._tok_full = Tokenizer.from_str(self._tok.to_str())
             self._tok_full.no_truncation()
-        return [len(e.ids) for e in self._tok_full.encode_batch([prefix + t for t in items])]
+        return [len(e.ids) for e in _encode(self._tok_full, [prefix + t for t in items], offset=0)]
 
     def embed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32) -> npt.NDArray[np.float32]:
         """Embed texts: a (len(texts), dim) float32 array, in input order.

@@ -17,19 +17,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError
+from .errors import BundleError, InputError
 
-__all__ = ["FORMAT", "FORMAT_MAJOR", "MANIFEST_NAME", "RANGES_KEY", "FileEntry", "Manifest", "check_ranges",
-           "sha256_file"]
+__all__ = [
+    "DIGEST_NAME", "FORMAT", "FORMAT_MAJOR", "MANIFEST_NAME", "RANGES_KEY", "FileEntry", "Manifest", "check_digest",
+    "check_ranges", "check_recorded", "digest_line", "manifest_digest", "sha256_file",
+]
 
 FORMAT_NAME = "edge-embed.bundle"
 FORMAT_MAJOR = 1
 FORMAT = f"{FORMAT_NAME}/{FORMAT_MAJOR}"
 MANIFEST_NAME = "manifest.json"
+# sha256 of manifest.json's bytes, in sha256sum's format ("<hex>  manifest.json"): with it a
+# changed byte anywhere in the manifest is refused like one in any file the manifest lists
+DIGEST_NAME = "manifest.json.sha256"
 POOLINGS = ("cls", "mean")
 # optional: per-dimension [min, max] of the bundle's vectors, for encode(precision="int8"/"uint8")
 RANGES_KEY = "int8_ranges"
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; more is not a manifest (read no further)
+_MAX_DIM = 1 << 16
+_MAX_LENGTH = 1 << 20
+_MAX_FILE_BYTES = 1 << 40
 _CHUNK = 1 << 20
+_HEX = frozenset("0123456789abcdef")
+
+
+def manifest_digest(raw: bytes) -> str:
+    """The bundle digest users pin: ``"sha256:<hex>"`` of manifest.json's bytes."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def check_digest(digest: Any, where: str = "digest") -> str:
+    """Validate a digest given by a user: ``sha256:`` and 64 lowercase hex digits."""
+    if (not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71
+            or not set(digest[7:]) <= _HEX):
+        raise InputError(f"{where}: expected 'sha256:' and 64 hex digits (as 'edge-embed info' prints), "
+                         f"got {digest!r}")
+    return digest
+
+
+def _is_hex64(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def _safe_name(name: Any) -> bool:
+    """A file name that stays inside the bundle: no separators, no '..', no drive, no control characters."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and name not in (".", "..")
+            and not any(c in name for c in "/\\:") and all(ord(c) >= 32 and c != "\x7f" for c in name)
+            and name.strip() == name)
+
+
+def _positive_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _parse_json(raw: bytes, where: str, hint: str) -> Any:
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: {len(raw)} bytes, more than a manifest holds ({MAX_MANIFEST_BYTES}); {hint}")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON, huge integers
+        raise BundleError(f"{where}: not valid JSON ({type(e).__name__}: {str(e)[:200]}); {hint}") from None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -59,6 +107,17 @@ def check_ranges(value: Any, dim: int, where: str) -> None:
     if bad is not None:
         raise BundleError(f"{where}: '{RANGES_KEY}' dimension {bad} has min {lo[bad]} >= max {hi[bad]}; "
                           "rebuild the bundle")
+def digest_line(raw: bytes) -> bytes:
+    """manifest.json.sha256's content for manifest bytes ``raw`` (``sha256sum -c`` reads it)."""
+    return f"{hashlib.sha256(raw).hexdigest()}  {MANIFEST_NAME}\n".encode("ascii")
+
+
+def check_recorded(digest: str, recorded: bytes, where: str, recorded_where: str) -> None:
+    if recorded != f"{digest[7:]}  {MANIFEST_NAME}\n".encode("ascii"):
+        raise BundleError(
+            f"{where}: its sha256 does not match {recorded_where} (the digest recorded at build time); "
+            "manifest.json or its checksum file was altered or corrupted: rebuild or copy the bundle again"
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +151,8 @@ class Manifest:
     format: str = FORMAT
     # keys written by a newer minor version of the format: kept, written back, not used
     extra: dict[str, Any] = field(default_factory=dict)
+    # "sha256:<hex>" of the manifest.json bytes this was read from ("" when built in memory)
+    digest: str = field(default="", compare=False)
 
     _KNOWN = (
         "format", "name", "dim", "max_length", "pooling", "normalize", "source", "files",
@@ -114,7 +175,7 @@ class Manifest:
         if not isinstance(fmt, str) or "/" not in fmt or fmt.split("/")[0] != FORMAT_NAME:
             raise BundleError(f"{where}: 'format' must be '{FORMAT_NAME}/<major>', got {fmt!r}")
         major_s = fmt.split("/", 1)[1].split(".")[0]
-        if not major_s.isdigit():
+        if not major_s.isdigit() or not major_s.isascii() or len(major_s) > 6:
             raise BundleError(f"{where}: 'format' has no numeric major version: {fmt!r}")
         if int(major_s) > FORMAT_MAJOR:
             raise BundleError(
@@ -123,13 +184,13 @@ class Manifest:
             )
 
         dim = need("dim")
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-            raise BundleError(f"{where}: 'dim' must be a positive integer, got {dim!r}")
+        if not _positive_int(dim, 1, _MAX_DIM):
+            raise BundleError(f"{where}: 'dim' must be an integer from 1 to {_MAX_DIM}, got {dim!r}")
         max_length = need("max_length")
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-            raise BundleError(f"{where}: 'max_length' must be an integer >= 2, got {max_length!r}")
+        if not _positive_int(max_length, 2, _MAX_LENGTH):
+            raise BundleError(f"{where}: 'max_length' must be an integer from 2 to {_MAX_LENGTH}, got {max_length!r}")
         pooling = need("pooling")
-        if pooling not in POOLINGS:
+        if not isinstance(pooling, str) or pooling not in POOLINGS:
             raise BundleError(f"{where}: 'pooling' must be 'cls' or 'mean', got {pooling!r}")
         normalize = need("normalize")
         if not isinstance(normalize, bool):
@@ -143,14 +204,17 @@ class Manifest:
             raise BundleError(f"{where}: 'files' must be a non-empty object of name -> {{bytes, sha256}}")
         files: dict[str, FileEntry] = {}
         for name, entry in files_raw.items():
-            if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
-                raise BundleError(f"{where}: 'files' has an unsafe file name {name!r}")
+            if not _safe_name(name) or name == DIGEST_NAME:
+                raise BundleError(f"{where}: 'files' has an unsafe file name {name!r}; a bundle's files are "
+                                  "plain names inside its directory")
             if not isinstance(entry, dict):
                 raise BundleError(f"{where}: 'files.{name}' must be an object with 'bytes' and 'sha256'")
-            size, digest = entry.get("bytes"), entry.get("sha256")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise BundleError(f"{where}: 'files.{name}.bytes' must be a non-negative integer, got {size!r}")
-            if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            size: Any = entry.get("bytes")
+            digest: Any = entry.get("sha256")
+            if not _positive_int(size, 0, _MAX_FILE_BYTES):
+                raise BundleError(f"{where}: 'files.{name}.bytes' must be an integer from 0 to {_MAX_FILE_BYTES}, "
+                                  f"got {size!r}")
+            if not _is_hex64(digest):
                 raise BundleError(f"{where}: 'files.{name}.sha256' must be 64 lowercase hex digits, got {digest!r}")
             files[name] = FileEntry(size, digest)
 
@@ -161,7 +225,7 @@ class Manifest:
                            ("ort_model_file", ort_model_file)):
             if value is None and key == "ort_model_file":
                 continue
-            if value not in files:
+            if not isinstance(value, str) or value not in files:
                 raise BundleError(f"{where}: '{key}' is {value!r}, which 'files' does not list")
 
         prompts = data.get("prompts", {})
@@ -175,6 +239,8 @@ class Manifest:
             if not isinstance(value, dict):
                 raise BundleError(f"{where}: '{key}' must be an object, got {type(value).__name__}")
             dicts[key] = value
+        if not all(isinstance(v, str) for v in dicts["built_with"].values()):
+            raise BundleError(f"{where}: 'built_with' must map package names to version strings")
         name = data.get("name", "")
         if not isinstance(name, str):
             raise BundleError(f"{where}: 'name' must be a string, got {name!r}")
@@ -191,8 +257,30 @@ class Manifest:
         )
 
     @classmethod
-    def read(cls, bundle_dir: str | os.PathLike[str]) -> Manifest:
-        """Read and validate ``<bundle_dir>/manifest.json``."""
+    def from_bytes(cls, raw: bytes, where: str = MANIFEST_NAME, recorded: bytes | None = None,
+                   recorded_where: str = DIGEST_NAME, digest: str | None = None) -> Manifest:
+        """Parse and validate manifest.json's bytes.
+
+        recorded: the bundle's manifest.json.sha256, if it has one. digest: a pinned bundle digest;
+        other bytes are refused before they are parsed.
+        """
+        actual = manifest_digest(raw)
+        if digest is not None and actual != check_digest(digest):
+            raise BundleError(f"{where}: bundle digest {actual} is not the pinned {digest}; this is not the "
+                              "bundle you pinned: check where it came from, or pin its new digest")
+        digest = actual
+        if recorded is not None:
+            check_recorded(digest, recorded, where, recorded_where)
+        m = cls.from_dict(_parse_json(raw, where, "rebuild the bundle"), where=where)
+        m.digest = digest
+        return m
+
+    @classmethod
+    def read(cls, bundle_dir: str | os.PathLike[str], digest: str | None = None) -> Manifest:
+        """Read and validate ``<bundle_dir>/manifest.json`` (and its recorded sha256, when the bundle has one).
+
+        digest: a pinned bundle digest (see :meth:`from_bytes`).
+        """
         root = Path(bundle_dir)
         if not root.exists():
             raise BundleError(f"{root}: no such bundle; build one with 'edge-embed build' or check the path")
@@ -201,11 +289,17 @@ class Manifest:
         path = root / MANIFEST_NAME
         if not path.is_file():
             raise BundleError(f"{path}: missing; this directory is not an edge-embed bundle")
+        recorded_path = root / DIGEST_NAME
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{path}: not valid JSON ({e}); rebuild the bundle") from None
-        return cls.from_dict(data, where=str(path))
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
+                raise BundleError(f"{path}: {path.stat().st_size} bytes, more than a manifest holds; "
+                                  "rebuild the bundle")
+            raw = path.read_bytes()
+            recorded = recorded_path.read_bytes()[:4096] if recorded_path.is_file() else None
+        except OSError as e:
+            raise BundleError(f"{path}: cannot read ({e.strerror})") from None
+        return cls.from_bytes(raw, where=str(path), recorded=recorded, recorded_where=str(recorded_path),
+                              digest=digest)
 
     # ---------------------------------------------------------------- writing
     def to_dict(self) -> dict[str, Any]:
@@ -230,8 +324,12 @@ class Manifest:
         return out
 
     def write(self, bundle_dir: str | os.PathLike[str]) -> Path:
+        """Write manifest.json and manifest.json.sha256 (its sha256); sets ``digest``."""
         path = Path(bundle_dir) / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        raw = (json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n").encode("utf-8")
+        path.write_bytes(raw)
+        self.digest = manifest_digest(raw)
+        (path.parent / DIGEST_NAME).write_bytes(digest_line(raw))
         return path
 
     @staticmethod

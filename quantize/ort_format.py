@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_embed import Embedder, Manifest
+from edge_embed.manifest import DIGEST_NAME
 
 from . import BuildError
 
@@ -66,6 +67,7 @@ def convert_bundle(bundle_dir: str | Path, probes: list[str] | None = None) -> d
         (root / CONFIG_NAME).write_text(_portable_config(config.read_text(encoding="utf-8")), encoding="utf-8")
 
     original = (root / "manifest.json").read_bytes()
+    original_digest = (root / DIGEST_NAME).read_bytes() if (root / DIGEST_NAME).is_file() else None
     manifest.files.update(Manifest.describe_files(root, [ORT_NAME, CONFIG_NAME]))
     manifest.files = dict(sorted(manifest.files.items()))
     manifest.ort_model_file = ORT_NAME
@@ -80,6 +82,8 @@ def convert_bundle(bundle_dir: str | Path, probes: list[str] | None = None) -> d
     diff = _max_abs_diff(root, probes)
     if diff > MAX_ABS_DIFF:
         (root / "manifest.json").write_bytes(original)
+        if original_digest is not None:
+            (root / DIGEST_NAME).write_bytes(original_digest)
         (root / ORT_NAME).unlink()
         (root / CONFIG_NAME).unlink()
         raise BuildError(f"{root / ORT_NAME}: vectors differ from the ONNX model's by up to {diff:.2e} "

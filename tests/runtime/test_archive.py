@@ -58,8 +58,9 @@ def test_archive_layout_is_a_plain_tar_of_the_bundle_directory(packed: Path, min
     assert names[0] == "minilm-int8/manifest.json"
     assert names[-2] == "minilm-int8/model.onnx"  # last, so that the file parses as the model
     assert names[-1] == "minilm-int8" and members[-1].isdir()
+    assert names[1] == "minilm-int8/manifest.json.sha256"  # the manifest's own sha256, next
     listed = json.loads((minilm_int8 / "manifest.json").read_text())["files"]
-    assert sorted(n.split("/", 1)[1] for n in names[1:-1]) == sorted(listed)
+    assert sorted(n.split("/", 1)[1] for n in names[2:-1]) == sorted(listed)
     for m in members[:-1]:
         assert m.size == (minilm_int8 / m.name.split("/", 1)[1]).stat().st_size
         assert (m.mtime, m.uid, m.gid, m.uname) == (0, 0, 0, "")
@@ -116,9 +117,12 @@ def test_damaged_layout_falls_back_to_bytes(packed: Path, reference: np.ndarray,
     data[at:end] = bytes(end - at - 512) + _global_header(b"rewritten")
     bad = tmp_path / "relaid.edgeembed"
     bad.write_bytes(bytes(data))
-    got = read_archive(bad, verify=True, in_place=True)
+    if where == "closing":  # still opens as pack writes: verify checks its layout byte for byte
+        with pytest.raises(BundleError, match=r"relaid\.edgeembed: byte \d+ \(the tar structure after model\.onnx\)"):
+            Embedder.load(bad)
+    got = read_archive(bad, verify=where == "opening", in_place=True)
     assert got.model_path("model.onnx") is None and "model.onnx" in got.members
-    np.testing.assert_array_equal(Embedder.load(bad).embed(TEXTS), reference)
+    np.testing.assert_array_equal(Embedder.load(bad, verify=where == "opening").embed(TEXTS), reference)
 
 
 @pytest.mark.parametrize("how", ["path", "str", "bytes", "bytearray", "file", "pipe"])

@@ -155,10 +155,10 @@ def test_bad_bundles(minilm_int8: Path, tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     (broken / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="sha256"):
-        Embedder.load(broken, verify=True)
+        Embedder.load(broken)  # verified by default
     (broken / "model.onnx").write_bytes(b"\0" * len(data))
     with pytest.raises(BundleError, match="onnxruntime cannot load it"):
-        Embedder.load(broken)
+        Embedder.load(broken, verify=False)
 
 
 def test_with_session_keeps_tokenizer_and_pooling_around_another_session(tiny_cls: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_embed import BundleError, Manifest
-from edge_embed.manifest import FileEntry
+from edge_embed.manifest import DIGEST_NAME, FileEntry, digest_line
 
 
 def _write_bundle(root: Path) -> Manifest:
@@ -30,7 +30,9 @@ def _edit(root: Path, **changes: object) -> None:
             del data[k]
         else:
             data[k] = v
-    (root / "manifest.json").write_text(json.dumps(data))
+    raw = json.dumps(data).encode("utf-8")
+    (root / "manifest.json").write_bytes(raw)
+    (root / DIGEST_NAME).write_bytes(digest_line(raw))  # as a build would: only the checks below may object
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -52,7 +54,7 @@ def test_unknown_keys_are_kept(tmp_path: Path) -> None:
     [
         ({"pooling": "max"}, "'pooling' must be 'cls' or 'mean', got 'max'"),
         ({"dim": KeyError}, "missing key 'dim'"),
-        ({"dim": -3}, "'dim' must be a positive integer"),
+        ({"dim": -3}, "'dim' must be an integer from 1"),
         ({"normalize": "yes"}, "'normalize' must be true or false"),
         ({"format": "edge-embed.bundle/2"}, "newer than this runtime reads"),
         ({"format": "something/1"}, "'format' must be 'edge-embed.bundle/<major>'"),
