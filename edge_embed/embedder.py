@@ -98,8 +98,9 @@ def _tokenizer_failure(e: BaseException) -> bool:
     return (isinstance(e, Exception) and not isinstance(e, MemoryError)) or type(e).__name__ == "PanicException"
 
 
-def _encode(tok: Tokenizer, texts: list[str], offset: int) -> list[Encoding]:
-    """encode_batch, with a tokenizer's panic (pyo3's PanicException, a BaseException) as an InputError."""
+def _tokenize_batch(tok: Tokenizer, texts: list[str]) -> list[Encoding]:
+    """encode_batch, with a tokenizer's failure on a text (an Exception, or pyo3's PanicException)
+    as an InputError naming the first text it fails on."""
     if not texts:
         return []
     try:
@@ -107,9 +108,18 @@ def _encode(tok: Tokenizer, texts: list[str], offset: int) -> list[Encoding]:
     except BaseException as e:
         if not _tokenizer_failure(e):
             raise
-        where = f"texts[{offset}]" if len(texts) == 1 else f"texts[{offset}:{offset + len(texts)}]"
-        raise InputError(f"{where}: the bundle's tokenizer failed on this input ({type(e).__name__}: "
-                         f"{str(e)[:200]})") from None
+        error: BaseException = e
+    bad = 0
+    for i, t in enumerate(texts):  # which one: each alone (only after a failure)
+        try:
+            tok.encode(t)
+        except BaseException as e:
+            if not _tokenizer_failure(e):
+                raise
+            bad, error = i, e
+            break
+    raise InputError(f"texts[{bad}]: the bundle's tokenizer failed on this text ({type(error).__name__}: "
+                     f"{str(error)[:200]})")
 
 
 class Embedder:
@@ -289,7 +299,7 @@ class Embedder:
         """Tokenize with the bundle's tokenizer, truncated at max_length (the tokens embed() feeds)."""
         items = check_texts(texts)
         prefix = self._prefix(prompt)
-        return _encode(self._tok, [prefix + t for t in items], offset=0)
+        return _tokenize_batch(self._tok, [prefix + t for t in items])
 
     def token_count(self, texts: Sequence[str], prompt: str | None = None) -> list[int]:
         """Tokens each text needs, special tokens included, before truncation."""
@@ -300,7 +310,7 @@ class Embedder:
         if self._tok_full is None:
             self._tok_full = Tokenizer.from_str(self._tok.to_str())
             self._tok_full.no_truncation()
-        return [len(e.ids) for e in _encode(self._tok_full, [prefix + t for t in items], offset=0)]
+        return [len(e.ids) for e in _tokenize_batch(self._tok_full, [prefix + t for t in items])]
 
     def embed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32) -> npt.NDArray[np.float32]:
         """Embed texts: a (len(texts), dim) float32 array, in input order.
