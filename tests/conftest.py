@@ -8,6 +8,7 @@ reuse bundles across runs while developing; CI builds them fresh.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 900,
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "edge_embed.cli", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def write_manifest(bundle: Path, data: dict) -> None:  # type: ignore[type-arg]
+    """Write an edited manifest.json and its manifest.json.sha256, as a build would write them."""
+    from edge_embed.manifest import DIGEST_NAME, digest_line
+
+    raw = json.dumps(data, indent=2).encode("utf-8")
+    (bundle / "manifest.json").write_bytes(raw)
+    (bundle / DIGEST_NAME).write_bytes(digest_line(raw))
 
 
 def _cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

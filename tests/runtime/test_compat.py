@@ -13,6 +13,7 @@ import pytest
 from edge_embed import BundleError, Embedder, InputError, compat
 from edge_embed.cache import HOME_ENV, cache_dir, cache_name, resolve_bundle
 from edge_embed.compat import FlagModel, SentenceTransformer
+from tests.conftest import write_manifest
 
 FLAG_SNIPPET = """\
 from FlagEmbedding import FlagModel
@@ -107,7 +108,7 @@ def _with_query_prompt(bundle: Path, dst: Path) -> Path:
     shutil.copytree(bundle, dst, symlinks=False)
     data = json.loads((dst / "manifest.json").read_text())
     data["prompts"] = {"query": "Represent this sentence for searching relevant passages: "}
-    (dst / "manifest.json").write_text(json.dumps(data))
+    write_manifest(dst, data)
     return dst
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from edge_embed import BundleError, Embedder, InputError
 from edge_embed.manifest import RANGES_KEY, Manifest
+from tests.conftest import write_manifest
 
 TEXTS = [f"sentence number {i} about {'long ' * (i % 5)}things" for i in range(21)]
 
@@ -130,7 +131,7 @@ def _copy(bundle: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def
     path = dst / "manifest.json"
     data = json.loads(path.read_text())
     edit(data)
-    path.write_text(json.dumps(data))
+    write_manifest(dst, data)
     return dst
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edge_embed import Embedder
+from tests.conftest import write_manifest
 
 QUERY = "Represent this sentence for searching relevant passages: "
 
@@ -24,7 +25,7 @@ def prompted(minilm_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> Emb
     shutil.copytree(minilm_int8, dst)
     data = json.loads((dst / "manifest.json").read_text())
     data["prompts"] = {"query": QUERY}
-    (dst / "manifest.json").write_text(json.dumps(data))
+    write_manifest(dst, data)
     return Embedder.load(dst)
 
 
