@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 
 from .embedder import Embedder
 from .errors import InputError
+from .progress import Progress
 
 __all__ = ["LENGTHS", "BATCHES", "cpu_info", "cold_start", "make_texts", "run_bench", "format_report"]
 
@@ -142,12 +143,6 @@ def _time_calls(emb: Embedder, batches: Sequence[list[str]], seconds: float) -> 
     return times
 
 
-def _progress(msg: str, on: bool) -> None:
-    if on:
-        sys.stderr.write(f"\rbench: {msg:<70}")
-        sys.stderr.flush()
-
-
 def run_bench(bundles: Sequence[str | Path], threads: int | None = None, seconds: float = 2.0,
               cold_runs: int = 3, lengths: Sequence[int] = LENGTHS, batches: Sequence[int] = BATCHES,
               progress: bool = True) -> dict[str, Any]:
@@ -163,6 +158,7 @@ def run_bench(bundles: Sequence[str | Path], threads: int | None = None, seconds
             "bundle_mb": sum(f.bytes for f in m.files.values()) / 1e6,
             "throughput": [], "latency_ms": [], "notes": [],
         })
+    shown = Progress("bench", len(embs) * (len(lengths) * len(batches) + 1), unit="measurements", enabled=progress)
     for length in lengths:
         pools = []
         for emb, res in zip(embs, results, strict=True):
@@ -173,7 +169,6 @@ def run_bench(bundles: Sequence[str | Path], threads: int | None = None, seconds
                                           seed=length)))
         for bs in batches:
             for emb, res, (eff, texts) in zip(embs, results, pools, strict=True):
-                _progress(f"{res['name'] or res['bundle']}: {eff} tokens, batch {bs}", progress)
                 groups = [texts[i:i + bs] for i in range(0, len(texts) - bs + 1, bs)]
                 times = np.array(_time_calls(emb, groups, seconds))
                 res["throughput"].append({"length": length, "tokens": eff, "batch": bs,
@@ -182,14 +177,14 @@ def run_bench(bundles: Sequence[str | Path], threads: int | None = None, seconds
                     res["latency_ms"].append({"length": length, "tokens": eff,
                                               "p50": 1e3 * float(np.percentile(times, 50)),
                                               "p95": 1e3 * float(np.percentile(times, 95))})
+                shown.update(1, f"{res['name'] or res['bundle']}: {eff} tokens, batch {bs}")
     for res in results:
-        _progress(f"{res['name'] or res['bundle']}: cold start x{cold_runs}", progress)
         runs = [cold_start(res["bundle"], threads) for _ in range(max(cold_runs, 1))]
+        shown.update(1, f"{res['name'] or res['bundle']}: cold start x{cold_runs}")
         res["cold_start_s"] = float(np.median([r[0] for r in runs]))
         res["cold_start_cpu_s"] = float(np.median([r[1] for r in runs]))
         res["peak_rss_mb"] = float(max(r[2] for r in runs))
-    if progress:
-        sys.stderr.write("\n")
+    shown.close()
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "cpu": cpu_info(), "threads": threads or "onnxruntime default", "seconds_per_measurement": seconds,

@@ -17,7 +17,6 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from .cache import HOME_ENV, cache_dir, cache_name
 from .embedder import MODEL_FORMATS, Embedder
 from .errors import EdgeEmbedError, InputError
 from .manifest import Manifest
+from .progress import Progress
 
 __all__ = ["main"]
 
@@ -213,27 +213,6 @@ def _check_argv_texts(texts: Sequence[str]) -> None:
                              "pass UTF-8 text or use -i FILE") from None
 
 
-class Progress:
-    """A one-line progress counter on stderr, only when stderr is a terminal or forced."""
-
-    def __init__(self, label: str, total: int | None, enabled: bool) -> None:
-        self.label, self.total, self.enabled = label, total, enabled
-        self.done, self.t0 = 0, time.perf_counter()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-        of = f"/{self.total}" if self.total else ""
-        sys.stderr.write(f"\r{self.label}: {self.done}{of} texts, {rate:.0f} texts/s")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            sys.stderr.write("\n")
-
-
 def _count_lines(path: str) -> int | None:
     if path == "-":
         return None
@@ -276,7 +255,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         total = _count_lines(args.input)
         chunks = _chunked(_read_lines(args.input), args.chunk_size)
     show = args.progress if args.progress is not None else (bool(args.input) and sys.stderr.isatty())
-    progress = Progress("embedding", total, show)
+    progress = Progress("embedding", total, enabled=show)
 
     out = AtomicOutput(args.output) if args.output else None
 
@@ -463,7 +442,7 @@ def _run_build(build: Callable[..., dict[str, Any]], format_table: Callable[[dic
                    ort_format=args.ort_format, calibration=args.calibration,
                    calibration_method=args.calibration_method, calibration_size=args.calibration_size,
                    target=args.target, eval_sts=args.eval_sts, eval_beir=args.eval_beir, tuner=args.tuner,
-                   tuner_trials=args.tuner_trials, tuner_timeout=args.tuner_timeout)
+                   tuner_trials=args.tuner_trials, tuner_timeout=args.tuner_timeout, probes=args.probes)
     if report:
         print(format_table(report))
     print(args.output)
@@ -651,9 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     b = sub.add_parser("build", help="export, quantize and validate a model into a bundle (build extra)")
-    b.add_argument("source", nargs="?", help="recipe name in models/, local HF directory, or Hugging Face id")
-    b.add_argument("--from-onnx", metavar="MODEL_ONNX", help="start from this fp32 ONNX export instead of SOURCE")
-    b.add_argument("--tokenizer", metavar="TOKENIZER_JSON", help="tokenizer.json to go with --from-onnx")
+    b.add_argument("source", nargs="?", help="recipe name in models/, local HF directory, or Hugging Face id; "
+                                             "with --from-onnx, the recipe that describes the ONNX graph")
+    b.add_argument("--from-onnx", metavar="PATH",
+                   help="start from an fp32 ONNX export instead of PyTorch weights (no torch needed): an .onnx "
+                        "file with --tokenizer, or a folder with onnx/model.onnx and tokenizer.json")
+    b.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
+                   help="tokenizer.json to go with --from-onnx (default: the folder's tokenizer.json)")
     b.add_argument("--prompt", action="append", metavar="NAME=PREFIX",
                    help="a prompt the bundle carries, e.g. query='Represent this sentence: '")
     b.add_argument("--ort-format", action="store_true",
@@ -683,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-length", type=int, help="override the recipe's max_length")
     b.add_argument("--threshold", action="append", metavar="KEY=VALUE",
                    help="override a fidelity threshold, e.g. cosine_mean=0.995")
+    b.add_argument("--probes", metavar="FILE",
+                   help="texts the fidelity gate measures drift on (one per line), instead of the shipped probe set")
     b.add_argument("--fp32-out", help="also write the fp32 reference bundle here")
     b.add_argument("--force", action="store_true", help="replace an existing output")
     b.add_argument("-v", "--verbose", action="store_true",

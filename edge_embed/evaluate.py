@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import InputError
+from .progress import Progress
 
 __all__ = [
     "cosine_rows", "eval_beir", "eval_sts", "ndcg_at_k", "rankdata", "read_beir", "read_sts",
@@ -206,16 +205,10 @@ def read_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], 
 # ---------------------------------------------------------------------- evaluation
 def _embed_all(embed: EmbedFn, texts: list[str], prompt: str | None, label: str, progress: bool) -> Any:
     parts = []
-    t0 = time.perf_counter()
-    for start in range(0, len(texts), _CHUNK):
-        parts.append(embed(texts[start:start + _CHUNK], prompt))
-        if progress:
-            done = min(start + _CHUNK, len(texts))
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            sys.stderr.write(f"\r{label}: {done}/{len(texts)} texts, {rate:.0f} texts/s")
-            sys.stderr.flush()
-    if progress and texts:
-        sys.stderr.write("\n")
+    with Progress(label, len(texts), enabled=progress) as shown:
+        for start in range(0, len(texts), _CHUNK):
+            parts.append(embed(texts[start:start + _CHUNK], prompt))
+            shown.update(len(parts[-1]))
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 

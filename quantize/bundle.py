@@ -23,7 +23,7 @@ from edge_embed.manifest import FORMAT
 from . import BuildError, DriftError
 from .calibration import DEFAULT_SIZE, CalibrationSet, TextCalibrationReader, load_calibration
 from .export import export_onnx, fetch, fuse, model_facts, save_tokenizer
-from .from_onnx import prepare_from_onnx
+from .from_onnx import locate, prepare_from_onnx
 from .int8 import (
     CALIBRATION_METHODS,
     per_token_model,
@@ -35,7 +35,7 @@ from .int8 import (
     with_types,
 )
 from .ranges import add_int8_ranges
-from .recipe import Recipe, fill_from_model_dir, resolve_source
+from .recipe import Recipe, fill_from_model_dir, recipe_named, resolve_source
 from .selfcheck import FP32_MIN_COSINE, add_self_check
 from .tune import emulator, mixed_precision, outlier_ratios, per_token_search, sensitivity
 from .validate import LabelledChecks, check_thresholds, compare, drift_report, embed_with_progress, load_probes
@@ -101,13 +101,16 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
           prompts: dict[str, str] | None = None, ort_format: bool = False, calibration: str | None = None,
           calibration_method: str = "minmax", calibration_size: int = DEFAULT_SIZE, target: str | None = None,
           eval_sts: str | None = None, eval_beir: str | None = None, tuner: str = "ort",
-          tuner_trials: int = 20, tuner_timeout: int = 600) -> dict[str, Any]:
+          tuner_trials: int = 20, tuner_timeout: int = 600, probes: str | None = None) -> dict[str, Any]:
     """Build a bundle; returns the validation report (empty for fp32). Raises DriftError.
 
-    source is a recipe, HF directory or hub id; or None with from_onnx + tokenizer, to start
-    from an existing fp32 ONNX export (no torch needed). ort_format: also write model.ort.
+    source is a recipe, HF directory or hub id. from_onnx starts from an existing fp32 ONNX
+    export instead (no torch needed): an .onnx file with tokenizer, or a folder in the hub's
+    layout (onnx/model.onnx + tokenizer.json); source then names the recipe that describes
+    it, or is None and pooling says how it pools. ort_format: also write model.ort.
     method: auto (dynamic INT8 + accuracy-aware fp32 fallback), dynamic, static (needs
     calibration), fp32. eval_sts / eval_beir add labelled checks to the validation.
+    probes: a file of probe texts to validate on instead of the shipped set.
     tuner: who runs auto's accuracy-aware search: ort (tune.py, onnxruntime only) or inc
     (neural-compressor's tuning, the inc extra; tuner_trials / tuner_timeout bound it).
     """
@@ -139,19 +142,26 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
     if method == "fp32" and fp32_out:
         raise BuildError("--fp32-out: with --method fp32 the output already is the fp32 bundle; drop --fp32-out")
     checks = LabelledChecks(eval_sts, eval_beir) if method != "fp32" else None
+    probe_texts = load_probes(probes)
     out = Path(out)
     for dest in (out, Path(fp32_out) if fp32_out else None):
         if dest is not None and dest.exists() and not force:
             raise BuildError(f"{dest}: already exists; pass --force to replace it")
-    if (source is None) == (from_onnx is None):
-        raise BuildError("build: give a SOURCE (recipe, model directory or hub id) or --from-onnx FILE, not both")
+    if source is None and from_onnx is None:
+        raise BuildError("build: give a SOURCE (recipe, model directory or hub id) or --from-onnx PATH "
+                         "(with a recipe name as SOURCE, or --pooling)")
+    onnx_file = tok_file = None
     if from_onnx is not None:
-        if tokenizer is None:
-            raise BuildError(f"{from_onnx}: --from-onnx needs --tokenizer TOKENIZER_JSON")
-        if pooling is None:
-            raise BuildError(f"{from_onnx}: an ONNX file does not say how it pools; pass --pooling cls or "
-                             "--pooling mean")
-        recipe, load_from = Recipe(name=out.name), str(from_onnx)
+        onnx_file, tok_file = locate(Path(from_onnx), Path(tokenizer) if tokenizer else None)
+        if source is not None:
+            # the recipe says what the graph cannot: pooling, prompts, max_length, thresholds
+            recipe = recipe_named(source)
+        elif pooling is None:
+            raise BuildError(f"{from_onnx}: an ONNX file does not say how it pools; name its recipe "
+                             "(edge-embed build RECIPE --from-onnx ...) or pass --pooling cls or --pooling mean")
+        else:
+            recipe = Recipe(name=out.name)
+        load_from = str(onnx_file)
     else:
         recipe, load_from = resolve_source(source or "", revision)
     if prompts:
@@ -166,13 +176,18 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     t0 = time.perf_counter()
     try:
-        if from_onnx is not None:
-            stage(f"[1/5] reading {from_onnx} and {tokenizer}")
+        if onnx_file is not None and tok_file is not None:
+            stage(f"[1/5] reading {onnx_file} and {tok_file}" + (f" for recipe {recipe.name}" if source else ""))
             stage("[2/5] no export: the given fp32 ONNX (fused when it is a BERT graph) is the reference")
-            prep = prepare_from_onnx(Path(from_onnx), Path(tokenizer or ""), work, recipe.max_length,
-                                     fuse=recipe.quantization.get("fuse", True))
+            prep = prepare_from_onnx(onnx_file, tok_file, work, recipe.max_length,
+                                     fuse=recipe.quantization.get("fuse", True), dim=recipe.dim,
+                                     recipe=recipe.name if source else None)
             fp32_model, dim, max_len = prep["fp32_model"], prep["dim"], prep["max_length"]
-            src_facts, fused = prep["source"], prep["fused"]
+            fused = prep["fused"]
+            # the recipe's model id when a recipe describes the graph, else the file's own name
+            model_id = (recipe.hf_id or recipe.name) if source else onnx_file.name
+            src_facts = {"model_id": model_id, **({"recipe": recipe.name} if source else {}),
+                         "revision": recipe.revision if source else None, **prep["source"]}
         else:
             stage(f"[1/5] resolving {source} -> {load_from}")
             model_dir, src_facts = fetch(load_from, recipe.revision)
@@ -181,6 +196,9 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
                 raise BuildError(f"{source}: pooling unknown (no recipe and no sentence-transformers config); "
                                  "pass --pooling cls or --pooling mean")
             facts = model_facts(model_dir)
+            if recipe.dim and facts.get("hidden_size") and facts["hidden_size"] != recipe.dim:
+                raise BuildError(f"{model_dir}: hidden_size is {facts['hidden_size']} but recipe {recipe.name!r} is "
+                                 f"for a {recipe.dim}-d model; pick the recipe that matches the weights")
             if recipe.hf_id and src_facts.get("model_id") != recipe.hf_id:
                 src_facts = {"model_id": recipe.hf_id, "recipe": recipe.name, **{k: v for k, v in src_facts.items()
                                                                                  if k != "model_id"}}
@@ -214,7 +232,7 @@ def build(source: str | None, out: str | Path, method: str = "auto", revision: s
             report, qfacts, q_model = _quantize_and_validate(
                 source or str(from_onnx), method, work, fp32_model, fp32_dir, recipe, src_facts, dim, max_len,
                 target_name, calib, calibration_method, checks, progress,
-                tuner=(tuner, tuner_trials, tuner_timeout))
+                tuner=(tuner, tuner_trials, tuner_timeout), probes=probe_texts)
             qfacts["graph_fusion"] = fused
             final = work / "int8-bundle"
             write_bundle(final, q_model, work / "tokenizer.json", recipe, src_facts, dim, max_len, qfacts, report,
@@ -262,7 +280,8 @@ def _place(src: Path, dst: Path, force: bool) -> None:
 def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Path, fp32_dir: Path, recipe: Recipe,
                            src: dict[str, Any], dim: int, max_len: int, target: str, calib: CalibrationSet | None,
                            calibration_method: str, checks: LabelledChecks | None, progress: bool,
-                           tuner: tuple[str, int, int] = ("ort", 0, 0)) -> tuple[dict[str, Any], dict[str, Any], Path]:
+                           tuner: tuple[str, int, int] = ("ort", 0, 0),
+                           probes: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """Quantize, validate, and for auto/static keep sensitive nodes in fp32 until thresholds pass."""
     per_channel = recipe.quantization.get("per_channel", True)
     reference = Embedder.load(fp32_dir)
@@ -302,8 +321,8 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
     def evaluate(model: Path, qfacts: dict[str, Any], quiet: bool = False, labelled: bool = True) -> dict[str, Any]:
         cand = _load_unchecked(model, work, recipe, src, dim, max_len, qfacts)
         extra: dict[str, Any] = {"model_size_ratio": round(model.stat().st_size / fp32_bytes, 6)}
-        report = drift_report(reference, cand, recipe.thresholds, progress=progress and not quiet, extra=extra,
-                              ref_cache=ref_cache)
+        report = drift_report(reference, cand, recipe.thresholds, texts=probes, progress=progress and not quiet,
+                              extra=extra, ref_cache=ref_cache)
         if report["passed"] and checks and labelled:
             # labelled checks are slow: only a candidate that met the probe thresholds earns them
             report.update(checks.run(reference, cand, progress=progress and not quiet))
@@ -336,10 +355,10 @@ def _quantize_and_validate(source: str, method: str, work: Path, fp32_model: Pat
     tuning: dict[str, Any] = {}
     slice_: list[str] = []
     if search:
-        probes = load_probes()
-        lengths = reference.token_count(probes)
+        texts = probes if probes is not None else load_probes()
+        lengths = reference.token_count(texts)
         # short and medium probes keep the measuring passes fast; the full set judges every trial
-        slice_ = [t for t, n in zip(probes, lengths, strict=True) if n <= 128][::3]
+        slice_ = [t for t, n in zip(texts, lengths, strict=True) if n <= 128][::3]
     matmuls = weighted_matmuls(fp32_model) if search and method == "auto" else []
     if matmuls:
         stage(f"      dynamic INT8 misses: {'; '.join(report['shortfalls'])}")

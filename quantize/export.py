@@ -96,10 +96,24 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int | None = None) -> Pat
 
 def fuse(model_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
     """ORT's BERT graph fusion (Attention, SkipLayerNorm, BiasGelu) before quantization."""
+    import onnxruntime as ort
     from onnxruntime.transformers.optimizer import optimize_model
 
-    opt = optimize_model(str(model_path), model_type="bert", num_heads=num_heads,
-                         hidden_size=hidden_size, opt_level=1)
+    # opt_level=1 is ORT's basic pass, then the fusions; the optimizer's own basic pass imports
+    # torch (for a GPU check), so the pass is run here and the fusions get opt_level=0: the
+    # same steps, and --from-onnx builds without torch get a fused graph too
+    basic = out_path.with_name(out_path.stem + ".basic.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(basic)
+    so.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["ConstantSharing"])
+        opt = optimize_model(str(basic), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                             opt_level=0)
+    finally:
+        basic.unlink(missing_ok=True)
     opt.save_model_to_file(str(out_path))
     stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
     return stats

@@ -18,7 +18,7 @@ import tomllib
 
 from . import BuildError
 
-__all__ = ["DEFAULT_THRESHOLDS", "Recipe", "fill_from_model_dir", "models_dir", "resolve_source"]
+__all__ = ["DEFAULT_THRESHOLDS", "Recipe", "fill_from_model_dir", "models_dir", "recipe_named", "resolve_source"]
 
 # model_size_ratio is a ceiling (INT8 model bytes / fp32 model bytes); the rest are floors
 DEFAULT_THRESHOLDS = {"cosine_mean": 0.99, "cosine_p1": 0.98, "cosine_min": 0.95, "top10_overlap": 0.80,
@@ -42,6 +42,7 @@ class Recipe:
     pooling: str | None = None
     normalize: bool = True
     max_length: int | None = None
+    dim: int | None = None  # the hidden size the source must have; checked against a given ONNX graph
     prompts: dict[str, str] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     quantization: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +55,7 @@ class Recipe:
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise BuildError(f"{path}: cannot read recipe ({e})") from None
         known = {"name", "hf_id", "revision", "local_package", "local_subdir", "pooling", "normalize",
-                 "max_length", "prompts", "thresholds", "quantization"}
+                 "max_length", "dim", "prompts", "thresholds", "quantization"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise BuildError(f"{path}: unknown recipe keys {unknown}; known: {sorted(known)}")
@@ -64,11 +65,14 @@ class Recipe:
             name=data.get("name", path.stem), hf_id=data.get("hf_id", ""), revision=data.get("revision") or None,
             local_package=data.get("local_package"), local_subdir=data.get("local_subdir", ""),
             pooling=data.get("pooling"), normalize=bool(data.get("normalize", True)),
-            max_length=data.get("max_length"), prompts=dict(data.get("prompts", {})), thresholds=th,
+            max_length=data.get("max_length"), dim=data.get("dim"), prompts=dict(data.get("prompts", {})),
+            thresholds=th,
             quantization=dict(data.get("quantization", {})), path=path,
         )
         if r.pooling not in (None, "cls", "mean"):
             raise BuildError(f"{path}: 'pooling' must be 'cls' or 'mean', got {r.pooling!r}")
+        if r.dim is not None and (not isinstance(r.dim, int) or isinstance(r.dim, bool) or r.dim <= 0):
+            raise BuildError(f"{path}: 'dim' must be a positive integer, got {r.dim!r}")
         return r
 
     def local_dir(self) -> Path | None:
@@ -98,6 +102,20 @@ def _sentence_transformers_facts(model_dir: Path) -> dict[str, Any]:
         if isinstance(msl, int):
             facts["max_length"] = msl
     return facts
+
+
+def recipe_named(name: str) -> Recipe:
+    """The recipe models/<name>.toml (or the one whose hf_id is name); a BuildError listing the known ones."""
+    recipe_file = models_dir() / f"{name}.toml"
+    if recipe_file.is_file():
+        return Recipe.from_file(recipe_file)
+    for candidate in sorted(models_dir().glob("*.toml")):
+        recipe = Recipe.from_file(candidate)
+        if recipe.hf_id and recipe.hf_id.lower() == name.lower():
+            return recipe
+    known = sorted(p.stem for p in models_dir().glob("*.toml"))
+    raise BuildError(f"{name}: not a recipe in {models_dir()} (known: {', '.join(known) or 'none'}); with "
+                     "--from-onnx, SOURCE names the recipe that says how the given graph pools and prompts")
 
 
 def resolve_source(source: str, revision: str | None = None) -> tuple[Recipe, str]:

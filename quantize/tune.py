@@ -22,12 +22,12 @@ then fp32 for the nodes whose quantization still costs fidelity.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edge_embed import Embedder
+from edge_embed.progress import Progress
 
 __all__ = ["PER_TOKEN_TIERS", "emulator", "mixed_precision", "outlier_ratios", "per_token_search", "sensitivity"]
 
@@ -193,8 +193,8 @@ def sensitivity(candidates: list[dict[str, Any]], quantize: QuantizeFn, measure:
     """
     out = []
     fits = [c for c in candidates if c["fp32_extra_bytes"] <= budget_bytes]
-    t0 = time.perf_counter()
-    for i, c in enumerate(fits, 1):
+    shown = Progress("      sensitivity", len(fits), unit="nodes")
+    for c in fits:
         fig = emulated(c["node"]) if emulated else None
         how = "emulated"
         if fig is None:
@@ -203,9 +203,8 @@ def sensitivity(candidates: list[dict[str, Any]], quantize: QuantizeFn, measure:
             fig, how = measure(path), "quantized"
         loss = {"mean_cosine_loss": 1.0 - fig["cosine_mean"], "p1_cosine_loss": 1.0 - fig["cosine_p1"]}
         out.append({**c, **{k: round(v, 7) for k, v in loss.items()}, "measured": how})
-        sys.stderr.write(f"\r      sensitivity: {i}/{len(fits)} nodes measured ({time.perf_counter() - t0:.0f} s)")
-        sys.stderr.flush()
-    sys.stderr.write("\n")
+        shown.update(1)
+    shown.close()
     for c in out:
         c["loss_per_mb"] = (c["mean_cosine_loss"] + c["p1_cosine_loss"]) / (c["fp32_extra_bytes"] / 1e6)
     return sorted(out, key=lambda c: -c["loss_per_mb"])

@@ -8,14 +8,16 @@ failing build; it reports figures and whether they meet the thresholds.
 from __future__ import annotations
 
 import hashlib
-import sys
-from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_embed import Embedder
+from edge_embed.progress import Progress
+
+from . import BuildError
 
 __all__ = ["THRESHOLD_KEYS", "UPPER_BOUNDS", "check_thresholds", "compare", "drift_report", "labelled_report",
            "load_probes",
@@ -29,30 +31,31 @@ THRESHOLD_KEYS = ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "mo
 UPPER_BOUNDS = frozenset({"model_size_ratio"})
 
 
-def load_probes() -> list[str]:
-    """The fixed probe set shipped with the pipeline: queries, sentences, long passages."""
-    text = resources.files("quantize").joinpath("probes.txt").read_text(encoding="utf-8")
-    return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-
-
-def _progress(label: str) -> Callable[[int, int], None]:
-    def show(done: int, total: int) -> None:
-        sys.stderr.write(f"\r  {label}: {done}/{total} texts")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-    return show
+def load_probes(path: str | None = None) -> list[str]:
+    """The probe texts: the fixed set shipped with the pipeline (queries, sentences, long
+    passages), or the file at path in the same format (one text per line, '#' comments)."""
+    if path is None:
+        text = resources.files("quantize").joinpath("probes.txt").read_text(encoding="utf-8")
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise BuildError(f"{path}: cannot read probe texts ({e})") from None
+    probes = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if path is not None and len(probes) <= TOPK:
+        raise BuildError(f"{path}: {len(probes)} probe texts; top-{TOPK} neighbour agreement needs more than "
+                         f"{TOPK} (one text per line)")
+    return probes
 
 
 def embed_with_progress(emb: Embedder, texts: list[str], label: str, prompt: str | None = None,
                         chunk: int = 64, progress: bool = True) -> np.ndarray:
-    show = _progress(label) if progress else None
     parts = []
-    for i in range(0, len(texts), chunk):
-        # truncation of long probes is expected and counted in the report, not warned about
-        parts.append(emb.embed_detailed(texts[i:i + chunk], prompt=prompt).vectors)
-        if show:
-            show(min(i + chunk, len(texts)), len(texts))
+    with Progress(f"  {label}", len(texts), enabled=progress) as shown:
+        for i in range(0, len(texts), chunk):
+            # truncation of long probes is expected and counted in the report, not warned about
+            parts.append(emb.embed_detailed(texts[i:i + chunk], prompt=prompt).vectors)
+            shown.update(len(parts[-1]))
     return np.concatenate(parts) if parts else np.zeros((0, emb.dim), np.float32)
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,8 @@ import numpy as np
 import pytest
 
 from edge_embed import BundleError, Embedder, Manifest
-from tests.conftest import REPO, run_cli
+from tests.build.torch_free import run_torch_free, torch_free_site
+from tests.conftest import run_cli
 
 # a random tiny BERT drifts more than a trained model under INT8: loose thresholds, same code path
 # (a tiny model is mostly graph overhead, so the INT8 size ceiling does not apply either)
@@ -82,29 +81,9 @@ def test_ort_format_requested_but_absent(minilm_int8: Path) -> None:
 
 
 # ---------------------------------------------------------------------- --from-onnx without torch
-def _torch_free_site(root: Path) -> Path:
-    """site-packages without torch, transformers and optimum: what a user with only onnx + onnxruntime has."""
-    site = Path(sysconfig.get_paths()["purelib"])
-    farm = root / "site"
-    farm.mkdir()
-    blocked = ("torch", "functorch", "torchgen", "transformers", "optimum")
-    for entry in site.iterdir():
-        if entry.name.split("-")[0].split(".")[0] in blocked:
-            continue
-        (farm / entry.name).symlink_to(entry)
-    return farm
-
-
-def _run_torch_free(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # -S: no site-packages of the venv; PYTHONPATH gives the torch-free copy of it plus the checkout
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
-    return subprocess.run([sys.executable, "-S", "-m", "edge_embed.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
 def test_from_onnx_build_needs_no_torch(tiny_cls: Path, tmp_path: Path) -> None:
-    site = _torch_free_site(tmp_path)
-    probe = _run_torch_free(site, "--version")
+    site = torch_free_site(tmp_path)
+    probe = run_torch_free(site, "--version")
     assert probe.returncode == 0, probe.stderr
     check = subprocess.run([sys.executable, "-S", "-c", "import importlib.util as u; "
                             "print([m for m in ('torch', 'transformers', 'optimum', 'onnx') if u.find_spec(m)])"],
@@ -112,7 +91,7 @@ def test_from_onnx_build_needs_no_torch(tiny_cls: Path, tmp_path: Path) -> None:
     assert check.stdout.strip() == "['onnx']", check.stdout + check.stderr
 
     out = tmp_path / "from-onnx"
-    r = _run_torch_free(site, "build", "--from-onnx", str(tiny_cls / "model.onnx"),
+    r = run_torch_free(site, "build", "--from-onnx", str(tiny_cls / "model.onnx"),
                         "--tokenizer", str(tiny_cls / "tokenizer.json"), "--pooling", "cls", "--max-length", "48",
                         "--prompt", "query=search: ", "--ort-format", "--method", "dynamic", "-o", str(out),
                         *TINY_THRESHOLDS)
@@ -122,6 +101,8 @@ def test_from_onnx_build_needs_no_torch(tiny_cls: Path, tmp_path: Path) -> None:
     m.verify(out)
     assert (m.pooling, m.max_length, m.dim, m.prompts) == ("cls", 48, 32, {"query": "search: "})
     assert m.quantization["method"] == "dynamic" and m.validation["passed"] is True
+    # fused without torch too (onnxruntime's optimizer imports torch in its own basic pass)
+    assert m.quantization["graph_fusion"]["Attention"] == 2, m.quantization["graph_fusion"]
     assert m.source["model_id"] == "model.onnx" and len(m.source["onnx_sha256"]) == 64
     assert m.ort_model_file == "model.ort"
     ref = Embedder.load(tiny_cls)
@@ -138,7 +119,11 @@ def test_from_onnx_build_needs_no_torch(tiny_cls: Path, tmp_path: Path) -> None:
     [
         (["--from-onnx", "{onnx}", "--pooling", "cls"], "--from-onnx needs --tokenizer"),
         (["--from-onnx", "{onnx}", "--tokenizer", "{tok}"], "pass --pooling cls or --pooling mean"),
-        (["all-minilm-l6-v2", "--from-onnx", "{onnx}"], "give a SOURCE"),
+        # a recipe for another model: its hidden size is not the graph's
+        (["bge-small-en-v1.5", "--from-onnx", "{onnx}", "--tokenizer", "{tok}"],
+         "last_hidden_state is 32-d but recipe 'bge-small-en-v1.5' is for a 384-d model"),
+        (["no-such-recipe", "--from-onnx", "{onnx}", "--tokenizer", "{tok}"], "no-such-recipe: not a recipe"),
+        (["--from-onnx", "{dir}", "--pooling", "cls"], "no onnx/model.onnx or model.onnx in this folder"),
         ([], "give a SOURCE"),
         (["--from-onnx", "{tok}", "--tokenizer", "{tok}", "--pooling", "cls"], "not a readable ONNX model"),
         (["--from-onnx", "{onnx}", "--tokenizer", "{onnx}", "--pooling", "cls"], "not a tokenizers JSON file"),
@@ -146,7 +131,7 @@ def test_from_onnx_build_needs_no_torch(tiny_cls: Path, tmp_path: Path) -> None:
     ],
 )
 def test_from_onnx_usage_errors(tiny_cls: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    args = [a.format(onnx=tiny_cls / "model.onnx", tok=tiny_cls / "tokenizer.json") for a in args]
+    args = [a.format(onnx=tiny_cls / "model.onnx", tok=tiny_cls / "tokenizer.json", dir=tmp_path) for a in args]
     r = run_cli("build", *args, "-o", str(tmp_path / "x"))
     assert r.returncode == 1, r.stderr[-2000:]
     assert message in r.stderr and "Traceback" not in r.stderr
