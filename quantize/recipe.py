@@ -27,9 +27,15 @@ MODELS_ENV = "EDGE_EMBED_MODELS"
 
 
 def models_dir() -> Path:
-    """Where recipes live: $EDGE_EMBED_MODELS, else the checkout's models/ folder."""
+    """Where recipes live: $EDGE_EMBED_MODELS, else the checkout's models/ folder, else the copy
+    a pip install ships as quantize/recipes."""
     env = os.environ.get(MODELS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "models"
+    packaged = here / "recipes"
+    return checkout if any(checkout.glob("*.toml")) or not packaged.is_dir() else packaged
 
 
 @dataclass
