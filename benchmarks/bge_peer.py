@@ -176,8 +176,7 @@ def speed_table(rep: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- profile
-def profile_one(bundle: Path, texts: list[str], threads: int, runs: int, work: Path) -> dict[str, float]:
-    """Milliseconds per batch by operator type over `runs` batches (after one unprofiled-in-effect warm-up)."""
+def _profiled(bundle: Path, threads: int, work: Path) -> tuple[Any, Embedder]:
     import onnxruntime as ort
 
     m = Manifest.read(bundle)
@@ -188,17 +187,18 @@ def profile_one(bundle: Path, texts: list[str], threads: int, runs: int, work: P
     so.enable_profiling = True
     so.profile_file_prefix = str(work / f"profile-{bundle.name}")
     sess = ort.InferenceSession(str(bundle / m.model_file), sess_options=so, providers=["CPUExecutionProvider"])
-    emb = Embedder.load(bundle, threads=threads).with_session(sess)
-    for _ in range(runs + 1):
-        emb.embed(texts, batch_size=len(texts))
-    events = json.loads(Path(sess.end_profiling()).read_text())
+    return sess, Embedder.load(bundle, threads=threads).with_session(sess)
+
+
+def _per_op(profile: Path, runs: int) -> dict[str, float]:
+    """Milliseconds per batch by operator type, the first (warm-up) run left out."""
+    events = json.loads(profile.read_text())
     run_ends = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
     per_op: dict[str, float] = defaultdict(float)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > run_ends[0]:
             per_op[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
-    runs_ms = [e["dur"] / 1e3 for e in events if e.get("name") == "model_run"][1:]
-    per_op["(whole run)"] = statistics.median(runs_ms)
+    per_op["(whole run)"] = statistics.median([e["dur"] / 1e3 for e in events if e.get("name") == "model_run"][1:])
     return dict(per_op)
 
 
@@ -206,8 +206,12 @@ def cmd_profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     paths = models(args, work)
     first = Embedder.load(next(iter(paths.values())))
     texts = passages(Path(args.beir), first, 120, 136, 32)
-    log(f"profiling batch {len(texts)} x ~128 tokens, {args.runs} runs each")
-    prof = {name: profile_one(p, texts, args.threads, args.runs, work) for name, p in paths.items()}
+    log(f"profiling batch {len(texts)} x ~128 tokens, {args.runs} runs each, interleaved")
+    sessions = {name: _profiled(p, args.threads, work) for name, p in paths.items()}
+    for _ in range(args.runs + 1):  # one batch of each model in turn, so load changes hit all alike
+        for _sess, emb in sessions.values():
+            emb.embed(texts, batch_size=len(texts))
+    prof = {name: _per_op(Path(sess.end_profiling()), args.runs) for name, (sess, _) in sessions.items()}
     return {"cpu": cpu_info(), "threads": args.threads, "batch": len(texts),
             "tokens": int(max(first.token_count(texts))), "ms_per_batch": prof}
 
