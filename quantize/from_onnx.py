@@ -12,8 +12,8 @@ reference. Does not export, download or guess pooling: the recipe or the caller 
 from __future__ import annotations
 
 import hashlib
-import logging
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,6 @@ FED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what edge_embe
 HIDDEN_STATE = "last_hidden_state"
 # where the hub's ONNX layout keeps the fp32 graph, in the order they are tried
 HUB_ONNX_FILES = ("onnx/model.onnx", "model.onnx")
-
-log = logging.getLogger("quantize")
-
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -221,7 +218,10 @@ def prepare_from_onnx(onnx_path: Path, tokenizer_path: Path, work: Path, max_len
         except Exception as e:  # not a BERT graph the fuser understands: ship it unfused
             fused = {}
             fp32.unlink(missing_ok=True)
-            log.warning("graph fusion skipped (%s: %s); the graph is quantized unfused", type(e).__name__, e)
+            # written, not logged: the CLI silences library logging below errors, and an unfused
+            # graph is markedly slower, which the user should know
+            sys.stderr.write(f"edge-embed build: graph fusion skipped ({type(e).__name__}: {e}); the graph is "
+                             "quantized unfused\n")
         if fused.get("Attention"):
             fused = {**fused, "attention_heads": _attention_heads(fp32) or 0}
     if not fp32.is_file():
