@@ -159,7 +159,9 @@ class _Service:
                 response = error_response(HTTPError(422, str(e)), style)
             except ClientDisconnect:
                 response = Response(status_code=499)  # nobody reads it; keeps the metrics honest
-            except Exception:  # noqa: BLE001 - a bug must not leak a traceback to the client
+            except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+                raise
+            except BaseException:  # noqa: BLE001 - a bug (or a pyo3 panic) must not leak a traceback
                 log.exception("%s failed", path)
                 response = error_response(HTTPError(500, "server: internal error; see the server log",
                                                     kind="server_error"), style)

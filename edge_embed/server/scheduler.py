@@ -249,8 +249,10 @@ class Scheduler:
             t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self.executor, self._infer, pieces)
-            except Exception as e:  # noqa: BLE001 - reported to each waiting request as a 500
-                log.exception("micro-batch failed")
+            except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+                raise
+            except BaseException as e:  # noqa: BLE001 - a 500 for each waiting request (pyo3 panics included);
+                log.exception("micro-batch failed")  # the scheduler itself must outlive it
                 results = [e] * len(pieces)
             took = time.perf_counter() - t0
             self.metrics.inference.observe(took)

@@ -268,3 +268,25 @@ def test_info_shows_no_machine_paths(quick: LiveServer, int8: Embedder) -> None:
     paths = [s for s in strings(r.json()) if s.startswith("/") or str(Path.home()) in s]
     assert not paths
     assert str(int8.path) not in r.text and str(Path(__file__).parents[2]) not in r.text
+
+
+class Panicking(Gated):
+    """An Embedder whose model run raises a BaseException, as pyo3's PanicException is."""
+
+    class PanicException(BaseException):
+        pass
+
+    def embed_detailed(self, texts: list[str], **kw: Any) -> Any:
+        raise self.PanicException("the tokenizer panicked")
+
+
+def test_a_panic_in_the_model_is_a_json_500_and_the_server_lives_on(int8: Embedder) -> None:
+    s = LiveServer(Panicking(int8), ServerConfig(warmup=False))
+    try:
+        for _ in range(2):
+            r = HTTP.post(s.url + "/embed", json={"inputs": ["x"]})
+            assert r.status_code == 500 and r.json()["error_type"] == "Backend"
+            assert "Traceback" not in r.text and "panicked" not in r.text
+        assert HTTP.get(s.url + "/health").status_code == 200
+    finally:
+        s.close()
