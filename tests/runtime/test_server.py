@@ -372,7 +372,8 @@ def test_serve_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch, capsy
 def test_sigterm_finishes_the_in_flight_request(minilm_int8: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "edge_embed.cli", "serve", "-m", str(minilm_int8), "--port", "0",
-                             "--no-warmup", "--log-level", "warning", "--max-inputs", "512"],
+                             "--no-warmup", "--log-level", "warning", "--max-inputs", "512",
+                             "--graceful-timeout", "300"],  # a loaded machine may take a while
                             cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
