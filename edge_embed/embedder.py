@@ -41,6 +41,14 @@ _ITER_BATCHES = 8
 _DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 THREADS_ENV = "EDGE_EMBED_THREADS"
 MODEL_FORMATS = ("onnx", "ort")
+# Before tokenizing, a text is cut at max_length * _CHARS_PER_TOKEN characters (then 4x that,
+# ... until the cut holds more than max_length tokens), so a 5 MB text costs about what its
+# first max_length tokens cost. English runs ~4-5 characters per WordPiece token.
+_CHARS_PER_TOKEN = 8
+_CUT_LOOKBACK = 4096
+# ASCII whitespace only: every tokenizer splits there (Python's str.isspace also takes control
+# characters that BERT's normalizer deletes, joining the words around them)
+_CUT_AT = frozenset(" \t\n\r")
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,12 @@ def _check_threads(threads: Any) -> int | None:
 
 
 def check_texts(texts: Any) -> list[str]:
-    """The one place that decides what embed() accepts: a sequence of str."""
+    """The one place that decides what embed() accepts: a sequence of str that is valid Unicode.
+
+    A lone surrogate (``"\\udce9"``: what ``surrogateescape`` makes of a stray byte, or a JSON
+    ``"\\udce9"`` escape) cannot be encoded as UTF-8, so no tokenizer can see it: it is an
+    InputError naming the text's index, never silently replaced.
+    """
     if isinstance(texts, (str, bytes)):
         raise InputError("texts: got a single string; wrap a single text in a list: embed([text])")
     if not isinstance(texts, Sequence) and not isinstance(texts, np.ndarray):
@@ -89,7 +102,29 @@ def check_texts(texts: Any) -> list[str]:
     for i, t in enumerate(out):
         if not isinstance(t, str):
             raise InputError(f"texts[{i}]: expected str, got {type(t).__name__}; pass text, not {type(t).__name__}")
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InputError(
+                    f"texts[{i}]: character {e.start} is a lone surrogate (U+{ord(t[e.start]):04X}), not text; "
+                    "decode input bytes with errors='replace', or remove it"
+                ) from None
     return out
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut before a whitespace character at or before ``limit``; all of it if none is near.
+
+    Tokenizers split words at whitespace, so the tokens of the words before the cut are the
+    tokens the whole text starts with.
+    """
+    if len(text) <= limit:
+        return text
+    for j in range(limit, max(limit - _CUT_LOOKBACK, 0), -1):
+        if text[j] in _CUT_AT:
+            return text[:j]
+    return text  # one long run without whitespace (e.g. CJK): tokenized whole
 
 
 def _tokenizer_failure(e: BaseException) -> bool:
@@ -296,13 +331,36 @@ class Embedder:
         return self.manifest.prompts[prompt]
 
     def tokenize(self, texts: Sequence[str], prompt: str | None = None) -> list[Encoding]:
-        """Tokenize with the bundle's tokenizer, truncated at max_length (the tokens embed() feeds)."""
+        """Tokenize with the bundle's tokenizer, truncated at max_length (the tokens embed() feeds).
+
+        A long text is cut (at whitespace) before it is tokenized, so its cost is about that of its
+        first max_length tokens; the kept tokens are those of the whole text, and ``overflowing``
+        is non-empty exactly when the whole text is longer than max_length (it holds the overflow
+        of the cut text only).
+        """
         items = check_texts(texts)
         prefix = self._prefix(prompt)
-        return _tokenize_batch(self._tok, [prefix + t for t in items])
+        full = [prefix + t for t in items]
+        out: list[Encoding | None] = [None] * len(full)
+        pending = list(range(len(full)))
+        limit = self.max_length * _CHARS_PER_TOKEN
+        while pending:
+            cuts = [_cut(full[i], limit) for i in pending]
+            again = []
+            for i, c, e in zip(pending, cuts, _tokenize_batch(self._tok, cuts), strict=True):
+                if len(c) < len(full[i]) and not e.overflowing:
+                    again.append(i)  # the cut fits in max_length: the rest may hold more tokens
+                else:
+                    out[i] = e
+            pending, limit = again, limit * 4
+        return [e for e in out if e is not None]
 
     def token_count(self, texts: Sequence[str], prompt: str | None = None) -> list[int]:
-        """Tokens each text needs, special tokens included, before truncation."""
+        """Tokens each text needs, special tokens included, before truncation.
+
+        Exact: it tokenizes every text whole, so it costs time in proportion to the text's length
+        (embed() does not call it: it cuts long texts first).
+        """
         items = check_texts(texts)
         prefix = self._prefix(prompt)
         if not items:

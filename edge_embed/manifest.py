@@ -233,6 +233,12 @@ class Manifest:
             isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
         ):
             raise BundleError(f"{where}: 'prompts' must map names to prefix strings, got {prompts!r}")
+        for k, v in prompts.items():
+            try:
+                (k + v).encode("utf-8")
+            except UnicodeEncodeError:
+                raise BundleError(f"{where}: 'prompts.{k!r}' holds a lone surrogate, not text; "
+                                  "rebuild the bundle") from None
         dicts = {}
         for key in ("quantization", "validation", "built_with"):
             value = data.get(key, {})
