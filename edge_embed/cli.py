@@ -27,7 +27,7 @@ import numpy as np
 from . import __version__
 from .archive import is_archive, pack, read_archive
 from .cache import HOME_ENV, cache_dir, cache_name
-from .embedder import MODEL_FORMATS, Embedder
+from .embedder import LONG_TEXT, MODEL_FORMATS, Embedder
 from .errors import EdgeEmbedError, InputError
 from .manifest import Manifest
 from .progress import Progress
@@ -275,7 +275,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     try:
         with _sigterm_raises():
             for chunk in chunks:
-                res = emb.embed_detailed(chunk, prompt=args.prompt, batch_size=args.batch_size)
+                res = emb.embed_detailed(chunk, prompt=args.prompt, batch_size=args.batch_size,
+                                         long_text=args.long_text, stride=args.stride)
                 truncated += res.truncated
                 if fmt == "jsonl":
                     lines = []
@@ -597,6 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="output file (default stdout); written under a temporary name and "
                                           "renamed when complete")
     e.add_argument("--prompt", help="prompt name from the bundle's manifest, e.g. query")
+    e.add_argument("--long-text", choices=LONG_TEXT, default=os.environ.get("EDGE_EMBED_LONG_TEXT", "truncate"),
+                   help="texts over the bundle's max_length: truncate (default), error, or window (the "
+                        "token-weighted mean of overlapping max_length windows) ($EDGE_EMBED_LONG_TEXT)")
+    e.add_argument("--stride", type=int, default=None, metavar="TOKENS",
+                   help="--long-text window: tokens shared by neighbouring windows (default max_length // 8)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--chunk-size", type=int, default=1024, help=argparse.SUPPRESS)
     e.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")

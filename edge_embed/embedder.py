@@ -41,6 +41,7 @@ _ITER_BATCHES = 8
 _DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 THREADS_ENV = "EDGE_EMBED_THREADS"
 MODEL_FORMATS = ("onnx", "ort")
+LONG_TEXT = ("truncate", "error", "window")
 # Before tokenizing, a text is cut at max_length * _CHARS_PER_TOKEN characters (then 4x that,
 # ... until the cut holds more than max_length tokens), so a 5 MB text costs about what its
 # first max_length tokens cost. English runs ~4-5 characters per WordPiece token.
@@ -53,11 +54,13 @@ _CUT_AT = frozenset(" \t\n\r")
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """Vectors plus what happened on the way: tokens used and texts truncated."""
+    """Vectors plus what happened on the way: tokens used, texts truncated, and windows."""
 
     vectors: npt.NDArray[np.float32]
-    tokens: npt.NDArray[np.int64]  # tokens fed to the model per text (after truncation)
+    tokens: npt.NDArray[np.int64]  # tokens fed to the model per text (after truncation; all its windows')
     truncated: int  # how many texts were cut at max_length
+    # long_text="window": per text, its windows' vectors, shape (windows, dim); else None
+    windows: list[npt.NDArray[np.float32]] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -168,6 +171,7 @@ class Embedder:
         self._tok = tokenizer
         self.self_check_result: SelfCheckResult | None = None  # set by load(self_check=...)
         self._tok_full: Tokenizer | None = None  # built on first token_count(): copying costs ~0.1 s of cold start
+        self._tok_windows: dict[int, Tokenizer] = {}  # long_text="window": one per stride, built on first use
         self._ranges: npt.NDArray[np.float32] | None = None  # int8_ranges as an array, on first use
         self._pool = POOLERS[manifest.pooling]
         self._inputs = {i.name: _ORT_INT_TYPES[i.type] for i in session.get_inputs()}
@@ -370,43 +374,98 @@ class Embedder:
             self._tok_full.no_truncation()
         return [len(e.ids) for e in _tokenize_batch(self._tok_full, [prefix + t for t in items])]
 
-    def embed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32) -> npt.NDArray[np.float32]:
+    def embed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32, *,
+              long_text: str = "truncate", stride: int | None = None) -> npt.NDArray[np.float32]:
         """Embed texts: a (len(texts), dim) float32 array, in input order.
 
-        Texts longer than max_length tokens are truncated and a warning names how many;
-        use :meth:`embed_detailed` to get that count (and the tokens used) as data.
+        long_text: what to do with a text longer than max_length tokens:
+        "truncate" (default) keeps its first max_length tokens, and a warning names how many texts
+        were cut; "error" raises an InputError naming the first such text; "window" embeds
+        overlapping windows of max_length tokens (``stride`` tokens shared by neighbours, default
+        max_length // 8) and returns their token-weighted mean, normalised as the manifest says.
+        Use :meth:`embed_detailed` for the counts and the per-window vectors as data.
         """
-        res = self.embed_detailed(texts, prompt=prompt, batch_size=batch_size)
+        res = self.embed_detailed(texts, prompt=prompt, batch_size=batch_size, long_text=long_text, stride=stride)
         if res.truncated:
             log.warning("%d of %d texts were longer than %d tokens and were truncated",
                         res.truncated, len(res.vectors), self.max_length)
         return res.vectors
 
-    def embed_detailed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32,
-                       truncate: bool = True, normalize: bool = True) -> EmbedResult:
-        """Like :meth:`embed`, also returning tokens per text and the truncated count.
+    def embed_detailed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32, *,
+                       long_text: str = "truncate", stride: int | None = None,
+                       normalize: bool = True) -> EmbedResult:
+        """Like :meth:`embed`, also returning tokens per text, the truncated count and, with
+        long_text="window", each text's window vectors (``windows``).
 
-        truncate=False turns a text over max_length into an InputError instead. normalize=False
-        skips the L2 normalisation the manifest may ask for (the pooled vectors as they are).
+        normalize=False skips the L2 normalisation the manifest may ask for (the pooled vectors
+        as they are; window means are then not renormalised either).
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if not isinstance(long_text, str) or long_text not in LONG_TEXT:
+            raise InputError(f"long_text: expected one of {', '.join(LONG_TEXT)}, got {long_text!r}")
+        if long_text == "window":
+            return self._embed_windows(texts, prompt, batch_size, self._check_stride(stride), normalize)
+        if stride is not None:
+            raise InputError("stride: only used with long_text='window'")
         encs = self.tokenize(texts, prompt)
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        cut = [i for i, e in enumerate(encs) if e.overflowing]
+        if cut and long_text == "error":
+            raise InputError(
+                f"texts[{cut[0]}]: longer than max_length={self.max_length} tokens "
+                f"({len(cut)} texts are); shorten them, or use long_text='truncate' or 'window'"
+            )
+        return EmbedResult(self._run_sorted(encs, batch_size, normalize), lengths, len(cut))
+
+    def _check_stride(self, stride: Any) -> int:
+        high = (self.max_length - 2) // 2  # every window needs room for tokens of its own
+        if stride is None:
+            return self.max_length // 8
+        if not isinstance(stride, int) or isinstance(stride, bool) or not 0 <= stride <= high:
+            raise InputError(f"stride: expected an integer from 0 to {high} (tokens shared by neighbouring "
+                             f"windows of {self.max_length}), got {stride!r}")
+        return stride
+
+    def _embed_windows(self, texts: Sequence[str], prompt: str | None, batch_size: int, stride: int,
+                       normalize: bool) -> EmbedResult:
+        items = check_texts(texts)
+        prefix = self._prefix(prompt)
+        tok = self._tok_windows.get(stride)
+        if tok is None:
+            tok = Tokenizer.from_str(self._tok.to_str())
+            tok.enable_truncation(self.max_length, stride=stride)
+            self._tok_windows[stride] = tok
+        # tokenizers returns the windows after the first as its overflowing encodings, each with
+        # the special tokens of a text of its own
+        per_text = [[e, *e.overflowing] for e in _tokenize_batch(tok, [prefix + t for t in items])]
+        flat = [w for ws in per_text for w in ws]
+        vecs = self._run_sorted(flat, batch_size, normalize)
+        weights = np.fromiter((len(w.ids) for w in flat), dtype=np.float32, count=len(flat))
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        windows: list[npt.NDArray[np.float32]] = []
+        tokens = np.empty(len(items), dtype=np.int64)
+        at = 0
+        for i, ws in enumerate(per_text):
+            v, w = vecs[at:at + len(ws)], weights[at:at + len(ws)]
+            out[i] = (w[:, None] * v).sum(axis=0) / w.sum()
+            windows.append(v)
+            tokens[i] = int(w.sum())
+            at += len(ws)
+        if normalize and self.manifest.normalize and len(out):
+            out = l2_normalize(out)
+        return EmbedResult(out, tokens, 0, windows)
+
+    def _run_sorted(self, encs: list[Encoding], batch_size: int, normalize: bool) -> npt.NDArray[np.float32]:
         n = len(encs)
         out = np.empty((n, self.dim), dtype=np.float32)
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=n)
-        cut = [i for i, e in enumerate(encs) if e.overflowing]
-        if cut and not truncate:
-            raise InputError(
-                f"texts[{cut[0]}]: longer than max_length={self.max_length} tokens "
-                f"({len(cut)} texts are); shorten them or allow truncation"
-            )
         # longest first: similar lengths share a batch, so little padding is computed
         order = np.argsort(-lengths, kind="stable")
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             out[idx] = self._run([encs[i] for i in idx], normalize)
-        return EmbedResult(out, lengths, len(cut))
+        return out
 
     def _run(self, batch: list[Encoding], normalize: bool = True) -> npt.NDArray[np.float32]:
         width = max(len(e.ids) for e in batch)

@@ -132,7 +132,7 @@ def test_truncation_is_counted_not_silent(int8: Embedder, caplog: pytest.LogCapt
         int8.embed([long])
     assert "1 of 1 texts were longer than 256 tokens and were truncated" in caplog.text
     with pytest.raises(InputError, match=r"texts\[0\]: longer than max_length=256"):
-        int8.embed_detailed([long], truncate=False)
+        int8.embed_detailed([long], long_text="error")
 
 
 def test_huge_text_is_handled(int8: Embedder) -> None:
