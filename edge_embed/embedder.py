@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from .errors import BundleError, InputError
 from .manifest import RANGES_KEY, Manifest, check_digest
 from .pooling import POOLERS, l2_normalize
 from .precision import PRECISIONS, quantize, ranges_array
+from .progress import Progress
 from .selfcheck import SelfCheckResult, probe_file
 from .selfcheck import self_check as run_self_check
 
@@ -556,20 +556,19 @@ class Embedder:
             chunks = iter(lambda: list(itertools.islice(it, batch_size * _ITER_BATCHES)), [])
         parts: list[npt.NDArray[Any]] = []
         done = truncated = 0
-        for chunk in chunks:
-            for i, t in enumerate(chunk):
-                if not isinstance(t, str):
-                    raise InputError(f"sentences[{done + i}]: expected str, got {type(t).__name__}")
-            res = self.embed_detailed([prefix + t for t in chunk], batch_size=batch_size, normalize=normalize != "raw")
-            vecs = l2_normalize(res.vectors) if normalize == "unit" else res.vectors
-            parts.append(quantize(vecs, precision, ranges))
-            truncated += res.truncated
-            done += len(chunk)
-            if show_progress_bar:
-                sys.stderr.write(f"\rencode: {done} texts")
-                sys.stderr.flush()
-        if show_progress_bar and done:
-            sys.stderr.write("\n")
+        total = len(texts) if isinstance(texts, (Sequence, np.ndarray)) else None
+        with Progress("encode", total, enabled=bool(show_progress_bar)) as progress:
+            for chunk in chunks:
+                for i, t in enumerate(chunk):
+                    if not isinstance(t, str):
+                        raise InputError(f"sentences[{done + i}]: expected str, got {type(t).__name__}")
+                res = self.embed_detailed([prefix + t for t in chunk], batch_size=batch_size,
+                                          normalize=normalize != "raw")
+                vecs = l2_normalize(res.vectors) if normalize == "unit" else res.vectors
+                parts.append(quantize(vecs, precision, ranges))
+                truncated += res.truncated
+                done += len(chunk)
+                progress.update(len(chunk))
         if truncated:
             log.warning("%d of %d texts were longer than %d tokens and were truncated", truncated, done,
                         self.max_length)

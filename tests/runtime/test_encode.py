@@ -153,3 +153,11 @@ def test_bad_ranges_are_bundle_errors(minilm_int8: Path, tmp_path: Path, edit, m
     bad = _copy(minilm_int8, tmp_path / "bad", lambda d: edit(d[RANGES_KEY]))
     with pytest.raises(BundleError, match=message):
         Manifest.read(bad)
+
+
+def test_progress_bar_counts_on_stderr(fp32: Embedder, capsys: pytest.CaptureFixture[str]) -> None:
+    fp32.encode(TEXTS, batch_size=4, show_progress_bar=True)
+    err = capsys.readouterr().err
+    assert f"encode: {len(TEXTS)}/{len(TEXTS)} texts (100%)" in err
+    fp32.encode(TEXTS)
+    assert capsys.readouterr().err == ""  # off by default
