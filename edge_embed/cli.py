@@ -348,6 +348,8 @@ def _quantization_summary(q: dict[str, Any]) -> str:
     parts = [str(q.get("method", "?"))]
     if q.get("target"):
         parts.append(f"{q['target']} preset")
+    if isinstance(q.get("scheme"), str):
+        parts.append(f"scheme {q['scheme']}")
     if isinstance(q.get("per_token_nodes"), list) and q["per_token_nodes"]:
         parts.append(f"{len(q['per_token_nodes'])} MatMuls with per-token scales")
     if isinstance(q.get("fp32_nodes"), list) and q.get("method") != "fp32":
@@ -416,6 +418,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     with quiet_third_party(args.verbose):
         try:
             from quantize.bundle import build
+            from quantize.plan import BuildPlan
             from quantize.validate import THRESHOLD_KEYS, format_table
         except ImportError as e:
             raise InputError(f"build: {e}") from None
@@ -432,18 +435,15 @@ def cmd_build(args: argparse.Namespace) -> int:
                 raise UsageError(f"--threshold: unknown key {key.strip()!r}; known: {', '.join(THRESHOLD_KEYS)}")
         if args.output is None:
             args.output = str(cache_dir() / cache_name(args.source))
-        return _run_build(build, format_table, thresholds, args)
-
-
-def _run_build(build: Callable[..., dict[str, Any]], format_table: Callable[[dict[str, Any]], str],
-               thresholds: dict[str, float], args: argparse.Namespace) -> int:
-    report = build(args.source, args.output, method=args.method, revision=args.revision, pooling=args.pooling,
-                   max_length=args.max_length, thresholds=thresholds, force=args.force, fp32_out=args.fp32_out,
-                   from_onnx=args.from_onnx, tokenizer=args.tokenizer, prompts=_prompts(args.prompt),
-                   ort_format=args.ort_format, calibration=args.calibration,
-                   calibration_method=args.calibration_method, calibration_size=args.calibration_size,
-                   target=args.target, eval_sts=args.eval_sts, eval_beir=args.eval_beir, tuner=args.tuner,
-                   tuner_trials=args.tuner_trials, tuner_timeout=args.tuner_timeout, probes=args.probes)
+        plan = BuildPlan(
+            out=args.output, source=args.source, from_onnx=args.from_onnx, tokenizer=args.tokenizer,
+            method=args.method, scheme=args.scheme, target=args.target, revision=args.revision,
+            pooling=args.pooling, max_length=args.max_length, prompts=_prompts(args.prompt),
+            thresholds=thresholds, calibration=args.calibration, calibration_method=args.calibration_method,
+            calibration_size=args.calibration_size, eval_sts=args.eval_sts, eval_beir=args.eval_beir,
+            tuner=args.tuner, tuner_trials=args.tuner_trials, tuner_timeout=args.tuner_timeout,
+            probes=args.probes, fp32_out=args.fp32_out, force=args.force, ort_format=args.ort_format)
+        report = build(plan)
     if report:
         print(format_table(report))
     print(args.output)
@@ -651,8 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
                                           "~/.cache/edge-embed, under the SOURCE's name, where "
                                           "edge_embed.compat finds it by id)")
     b.add_argument("--method", default="auto",
-                   help="auto (default): dynamic INT8, sensitive nodes kept fp32 until the thresholds pass; "
+                   help="auto (default): the first INT8 scheme, fastest first, that passes the thresholds "
+                        "(dynamic, per-token scales, MatMulNBits), then sensitive nodes kept fp32; "
                         "dynamic; static (needs --calibration); fp32")
+    b.add_argument("--scheme", default=None,
+                   help="try this INT8 scheme alone: dynamic, per-token-all, nbits8-b32, nbits8-b64, nbits8-b128 "
+                        "(docs/fidelity.md)")
     b.add_argument("--tuner", default="ort", choices=("ort", "inc"),
                    help="auto's accuracy-aware search: ort (default, onnxruntime only) or inc "
                         "(neural-compressor's tuning; needs the inc extra, see scripts/setup_inc.sh)")

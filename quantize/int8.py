@@ -18,7 +18,8 @@ from . import BuildError
 
 __all__ = ["CALIBRATION_METHODS", "GATE", "PRESETS", "TARGETS", "count_activation_quantizers", "detect_target",
            "emulated_quantization_model", "per_token_model", "weighted_matmuls",
-           "quantizable_nodes", "quantize_dynamic_int8", "quantize_static_int8", "with_types"]
+           "quantizable_nodes", "quantize_dynamic_int8", "quantize_facts", "quantize_static_int8", "split_attention",
+           "with_types"]
 
 # onnxruntime's own guidance for CPU inference (quantize_static docstring, ORT >= 1.20):
 # without VNNI, 8-bit x 8-bit products can saturate the 16-bit intermediate of vpmaddubsw,
@@ -132,6 +133,12 @@ def quantize_dynamic_int8(src: Path, dst: Path, target: str | None = None, per_c
         raise BuildError(f"{src}: dynamic quantization failed ({type(e).__name__}: {e})") from e
     finally:
         logging.disable(previous)
+    return quantize_facts(name, per_channel, exclude)
+
+
+def quantize_facts(target: str | None, per_channel: bool, exclude: list[str] | None) -> dict[str, Any]:
+    """The manifest's facts of a dynamic INT8 model (schemes add to them)."""
+    name, p = preset(target)
     return {
         "method": "dynamic",
         "target": name,
@@ -398,3 +405,53 @@ def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None =
     graph.initializer.extend(keep + new_inits)
     onnx.save(model, str(dst))
     return converted
+
+
+def split_attention(src: Path, dst: Path) -> list[str]:
+    """A copy of ``src`` where each fused Attention node becomes its QKV projection as a plain
+    MatMul, a Split, and a MultiHeadAttention over the three parts; returns the new MatMuls.
+
+    onnxruntime's dynamic quantizer turns a fused Attention into QAttention, whose input gets
+    one scale per batch; once the projection is a MatMul, per_token_model or MatMulNBits can
+    quantize it per token. MultiHeadAttention takes the same bias, mask index and num_heads,
+    and computes the same attention core in fp32.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    inits = {i.name: i for i in graph.initializer}
+    out_nodes = []
+    matmuls: list[str] = []
+    for node in graph.node:
+        w = node.input[1] if node.op_type == "Attention" and len(node.input) > 1 else ""
+        # past state, attention bias or unequal q/k/v widths have no one-to-one MultiHeadAttention form
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (w not in inits or len(inits[w].dims) != 2 or inits[w].dims[1] % 3 or len(node.input) > 4
+                or len(node.output) > 1 or attrs.get("qkv_hidden_sizes") or attrs.get("unidirectional")):
+            out_nodes.append(node)
+            continue
+        d = inits[w].dims[1] // 3
+        t = f"{node.name}/split_attention"
+        qkv = [f"{t}/{p}" for p in ("q", "k", "v")]
+        if opset >= 13:
+            graph.initializer.append(numpy_helper.from_array(np.array([d, d, d], np.int64), f"{t}/sizes"))
+            split = helper.make_node("Split", [f"{t}/qkv", f"{t}/sizes"], qkv, name=f"{t}/split", axis=-1)
+        else:
+            split = helper.make_node("Split", [f"{t}/qkv"], qkv, name=f"{t}/split", axis=-1, split=[d, d, d])
+        bias = node.input[2] if len(node.input) > 2 else ""
+        mask = node.input[3] if len(node.input) > 3 else ""
+        out_nodes += [
+            helper.make_node("MatMul", [node.input[0], w], [f"{t}/qkv"], name=f"{t}/qkv_matmul"),
+            split,
+            helper.make_node("MultiHeadAttention", [*qkv, bias, mask], list(node.output), name=f"{t}/mha",
+                             domain="com.microsoft", **attrs),
+        ]
+        matmuls.append(f"{t}/qkv_matmul")
+    del graph.node[:]
+    graph.node.extend(out_nodes)
+    onnx.save(model, str(dst))
+    return matmuls

@@ -4,8 +4,8 @@ then fp32 for the nodes whose quantization still costs fidelity.
 0. Per-token (dynamic INT8 only): one fp32 pass over a probe slice measures, for every MatMul,
    how much the largest |activation| exceeds a typical token's (outlier_ratios). MatMuls are
    given per-token activation scales (int8.per_token_model) a tier of ratios at a time, each
-   trial validated, smallest set first (per_token_search). If no tier passes, the best one is
-   the base of steps 1-2.
+   smallest set first (per_token_tiers). If no tier passes, the best one is the base of
+   steps 1-2.
 1. Sensitivity: for every quantizable node, the model with only that node quantized is run
    on a small slice of the probe set; its cosine loss to fp32 is the node's measured cost
    (isolated, so one node's error cannot hide behind another's). For dynamic INT8 the
@@ -14,14 +14,15 @@ then fp32 for the nodes whose quantization still costs fidelity.
    int8.emulated_quantization_model) instead of quantizing, saving and loading a model per
    node; other nodes, and static QDQ, take the exact path.
 2. Greedy: nodes are kept in fp32 in order of loss per byte given up, starting from the
-   smallest set whose summed isolated losses predict the thresholds are met; each step is
-   fully validated through edge_embed, until every threshold passes or the size budget
-   is spent. The search never ships anything itself: bundle.py writes what passed.
+   smallest set whose summed isolated losses predict the thresholds are met, until the
+   size budget is spent (fp32_node_sets).
+
+This module measures and proposes; search.py validates each proposal as a trial, and
+bundle.py writes what passed.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from typing import Any
 from edge_embed import Embedder
 from edge_embed.progress import Progress
 
-__all__ = ["PER_TOKEN_TIERS", "emulator", "mixed_precision", "outlier_ratios", "per_token_search", "sensitivity"]
+__all__ = ["FIGURES", "PER_TOKEN_TIERS", "emulator", "fp32_node_sets", "outlier_ratios", "per_token_tiers",
+           "sensitivity", "task_figures"]
 
 # per-token trials take the MatMuls whose outlier ratio is at least each of these, in turn
 PER_TOKEN_TIERS = (16.0, 8.0, 4.0, 2.0, 0.0)
@@ -38,25 +40,42 @@ QuantizeFn = Callable[[Path, list[str] | None, list[str] | None], dict[str, Any]
 MeasureNodeFn = Callable[[str], "dict[str, float] | None"]
 
 
-class _GatedSession:
-    """The few InferenceSession methods Embedder uses, feeding the emulation gate on every run."""
+class _SessionView:
+    """The few InferenceSession methods Embedder uses, over a session whose graph has one thing
+    a bundle must not: hidden_inputs are fed on every run, extra_outputs are fetched with every
+    run and handed to record(), and neither is shown to the Embedder."""
+
+    def __init__(self, session: Any, hidden_inputs: dict[str, Any] | None = None,
+                 extra_outputs: list[str] | None = None) -> None:
+        self._s = session
+        self.hidden_inputs = hidden_inputs or {}
+        self.extra_outputs = extra_outputs or []
+
+    def get_inputs(self) -> list[Any]:
+        return [i for i in self._s.get_inputs() if i.name not in self.hidden_inputs]
+
+    def get_outputs(self) -> list[Any]:
+        return [o for o in self._s.get_outputs() if o.name not in self.extra_outputs]
+
+    def run(self, outputs: list[str], feed: dict[str, Any]) -> list[Any]:
+        got = self._s.run(outputs + self.extra_outputs, {**feed, **self.hidden_inputs})
+        self.record(dict(zip(self.extra_outputs, got[len(outputs):], strict=True)))
+        return list(got[:len(outputs)])
+
+    def record(self, extra: dict[str, Any]) -> None:
+        """Called with the extra outputs of every run."""
+
+
+class _GatedSession(_SessionView):
+    """Feeds the emulation gate (one weight per emulated node) on every run."""
 
     def __init__(self, session: Any, size: int) -> None:
         import numpy as np
 
         from .int8 import GATE
 
-        self._s, self._name = session, GATE
         self.gate = np.zeros(size, np.float32)
-
-    def get_inputs(self) -> list[Any]:
-        return [i for i in self._s.get_inputs() if i.name != self._name]
-
-    def get_outputs(self) -> list[Any]:
-        return list(self._s.get_outputs())
-
-    def run(self, outputs: list[str], feed: dict[str, Any]) -> list[Any]:
-        return list(self._s.run(outputs, {**feed, self._name: self.gate}))
+        super().__init__(session, hidden_inputs={GATE: self.gate})
 
 
 def emulator(fp32_model: Path, dst: Path, nodes: list[str], target: str | None, reference: Embedder,
@@ -89,29 +108,21 @@ def emulator(fp32_model: Path, dst: Path, nodes: list[str], target: str | None, 
     return measure
 
 
-class _RecordingSession:
-    """The few InferenceSession methods Embedder uses; every run also fetches some inner tensors
-    and records, per tensor, the ratio of its largest |value| to the median token's."""
+class _RecordingSession(_SessionView):
+    """Fetches some inner tensors with every run and records, per tensor, the ratio of its
+    largest |value| to the median token's."""
 
     def __init__(self, session: Any, tensors: list[str]) -> None:
-        self._s, self._tensors = session, tensors
+        super().__init__(session, extra_outputs=tensors)
         self.ratios: dict[str, list[float]] = {t: [] for t in tensors}
 
-    def get_inputs(self) -> list[Any]:
-        return list(self._s.get_inputs())
-
-    def get_outputs(self) -> list[Any]:
-        return [o for o in self._s.get_outputs() if o.name not in self.ratios]
-
-    def run(self, outputs: list[str], feed: dict[str, Any]) -> list[Any]:
+    def record(self, extra: dict[str, Any]) -> None:
         import numpy as np
 
-        got = self._s.run(outputs + self._tensors, feed)
-        for name, x in zip(self._tensors, got[len(outputs):], strict=True):
+        for name, x in extra.items():
             rows = np.abs(x.reshape(-1, x.shape[-1])).max(axis=1)
             typical = float(np.median(rows))
             self.ratios[name].append(float(rows.max()) / typical if typical > 0 else 1.0)
-        return list(got[:len(outputs)])
 
 
 def outlier_ratios(fp32_model: Path, dst: Path, nodes: list[str], reference: Embedder,
@@ -139,49 +150,30 @@ def outlier_ratios(fp32_model: Path, dst: Path, nodes: list[str], reference: Emb
     return {node: round(float(np.median(rec.ratios[t])), 3) for node, t in inputs.items()}
 
 
-def per_token_search(ratios: dict[str, float], try_per_token: Callable[[list[str]], dict[str, Any]],
-                     ) -> tuple[list[str], dict[str, Any] | None, list[dict[str, Any]]]:
-    """Give per-token activation scales to the MatMuls with the largest outlier ratios, a tier
-    at a time (PER_TOKEN_TIERS), each trial validated, until one passes.
+def per_token_tiers(ratios: dict[str, float]) -> list[tuple[float, list[str]]]:
+    """(tier, MatMuls whose outlier ratio is at least the tier, loudest first) for each of
+    PER_TOKEN_TIERS, without empty or repeated sets.
 
-    Per-token scales cost no model size and some speed, so the smallest set is tried first.
-    Returns (nodes, report, trial log) of the first passing trial, or of the best one.
+    Per-token scales cost no model size and some speed, so the smallest set comes first.
     """
-    trials: list[dict[str, Any]] = []
-    best: tuple[list[str], dict[str, Any] | None] = ([], None)
+    out: list[tuple[float, list[str]]] = []
     seen: set[frozenset[str]] = set()
     for tier in PER_TOKEN_TIERS:
         chosen = sorted((n for n, r in ratios.items() if r >= tier), key=lambda n: -ratios[n])
-        if not chosen or frozenset(chosen) in seen:
-            continue
-        seen.add(frozenset(chosen))
-        report = try_per_token(chosen)
-        figures = {key: report.get(key) for key in _FIGURES}
-        trials.append({"per_token_nodes": len(chosen), "min_outlier_ratio": tier, **figures,
-                       "passed": report["passed"]})
-        _say(f"per-token trial {len(trials)}: {len(chosen)} MatMul(s) with outlier ratio >= {tier:g} -> "
-             f"mean {report['cosine_mean']:.4f}, p1 {report['cosine_p1']:.4f}" + _task_figures(report)
-             + (" (passed)" if report["passed"] else ""))
-        if report["passed"]:
-            return chosen, report, trials
-        if best[1] is None or _better(report, best[1]):
-            best = (chosen, report)
-    return best[0], best[1], trials
+        if chosen and frozenset(chosen) not in seen:
+            seen.add(frozenset(chosen))
+            out.append((tier, chosen))
+    return out
 
 
-_FIGURES = ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "sts_spearman_retained", "ndcg10_retained",
+FIGURES = ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "sts_spearman_retained", "ndcg10_retained",
             "model_size_ratio")
 
 
-def _task_figures(report: dict[str, Any]) -> str:
+def task_figures(report: dict[str, Any]) -> str:
     return "".join(f", {label} {report[key]:.4f}" for key, label in
                    (("sts_spearman_retained", "STS retained"), ("ndcg10_retained", "nDCG@10 retained"))
                    if isinstance(report.get(key), float))
-
-
-def _say(msg: str) -> None:
-    sys.stderr.write(f"      {msg}\n")
-    sys.stderr.flush()
 
 
 def sensitivity(candidates: list[dict[str, Any]], quantize: QuantizeFn, measure: Callable[[Path], dict[str, float]],
@@ -227,40 +219,24 @@ def _first_guess(ranked: list[dict[str, Any]], base: dict[str, Any], thresholds:
     return max(len(ranked), 1)
 
 
-def mixed_precision(ranked: list[dict[str, Any]], base: dict[str, Any], thresholds: dict[str, float],
-                    budget_bytes: float, try_exclusion: Callable[[list[str]], dict[str, Any]],
-                    max_steps: int = 8) -> tuple[list[str], dict[str, Any], list[dict[str, Any]]]:
-    """Grow the fp32 set greedily until a validated trial passes.
+def fp32_node_sets(ranked: list[dict[str, Any]], base: dict[str, Any], thresholds: dict[str, float],
+                   budget_bytes: float, max_steps: int = 8) -> list[list[str]]:
+    """The growing fp32-node sets the greedy search validates in turn, at most max_steps.
 
-    Returns (excluded nodes, report of the last trial, trial log). The report's
-    ``passed`` says whether thresholds were met; the caller decides what to write.
+    Nodes join in ranked order (loss per byte) while they fit the size budget; the first set
+    is the smallest whose summed isolated losses predict the thresholds are met.
     """
-    trials: list[dict[str, Any]] = []
-    best: tuple[list[str], dict[str, Any]] = ([], base)
+    sets: list[list[str]] = []
     k = _first_guess(ranked, base, thresholds, budget_bytes)
     excluded: list[str] = []
     spent = 0.0
     for c in ranked:
-        if len(trials) >= max_steps:
+        if len(sets) >= max_steps:
             break
         if spent + c["fp32_extra_bytes"] > budget_bytes:
             continue
         excluded.append(c["node"])
         spent += c["fp32_extra_bytes"]
-        if len(excluded) < k:
-            continue
-        report = try_exclusion(list(excluded))
-        figures = {key: report.get(key) for key in _FIGURES}
-        trials.append({"fp32_nodes": len(excluded), "added": c["node"], **figures, "passed": report["passed"]})
-        _say(f"trial {len(trials)}: {len(excluded)} node(s) in fp32 -> mean {report['cosine_mean']:.4f}, "
-             f"p1 {report['cosine_p1']:.4f}, size {report['model_size_ratio']:.2f} of fp32" + _task_figures(report)
-             + (" (passed)" if report["passed"] else ""))
-        if report["passed"]:
-            return list(excluded), report, trials
-        if _better(report, best[1]):
-            best = (list(excluded), report)
-    return best[0], best[1], trials
-
-
-def _better(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return (a["cosine_p1"], a["cosine_mean"]) > (b["cosine_p1"], b["cosine_mean"])
+        if len(excluded) >= k:
+            sets.append(list(excluded))
+    return sets

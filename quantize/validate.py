@@ -8,6 +8,8 @@ failing build; it reports figures and whether they meet the thresholds.
 from __future__ import annotations
 
 import hashlib
+import random
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,21 +21,40 @@ from edge_embed.progress import Progress
 
 from . import BuildError
 
-__all__ = ["THRESHOLD_KEYS", "UPPER_BOUNDS", "check_thresholds", "compare", "drift_report", "labelled_report",
-           "load_probes",
-           "format_table"]
+__all__ = ["BATCH", "THRESHOLD_KEYS", "UPPER_BOUNDS", "ProbeSets", "batch_independence", "check_thresholds",
+           "compare", "default_probes", "drift_report", "format_table", "labelled_report", "load_probes"]
 
 TOPK = 10
+BATCH = 32  # the runtime's default batch size: batch independence is measured at it
 # every figure a threshold can name: probe figures, the size ratio, and the labelled checks
-THRESHOLD_KEYS = ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "model_size_ratio",
-                  "sts_spearman_retained", "ndcg10_retained")
+THRESHOLD_KEYS = ("cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "batch_independence",
+                  "model_size_ratio", "sts_spearman_retained", "ndcg10_retained")
 # thresholds that are ceilings, not floors
 UPPER_BOUNDS = frozenset({"model_size_ratio"})
 
 
-def load_probes(path: str | None = None) -> list[str]:
-    """The probe texts: the fixed set shipped with the pipeline (queries, sentences, long
-    passages), or the file at path in the same format (one text per line, '#' comments)."""
+@dataclass(frozen=True)
+class ProbeSets:
+    """The probe texts of a build: ``search`` steers every tuning step, ``gate`` judges the result."""
+
+    search: list[str]
+    gate: list[str]
+
+
+def default_probes(path: str | None = None) -> ProbeSets:
+    """The probe set (the shipped one, or the file at path), split once: in each '# Section',
+    texts in sha256 order alternate between the search part and the gate part, so both hold
+    every kind of text and the split depends neither on file order nor on the model."""
+    search: list[str] = []
+    gate: list[str] = []
+    for section in _sections(path):
+        ranked = sorted(section, key=lambda t: hashlib.sha256(t.encode()).hexdigest())
+        search += ranked[0::2]
+        gate += ranked[1::2]
+    return ProbeSets(search=search, gate=gate)
+
+
+def _sections(path: str | None) -> list[list[str]]:
     if path is None:
         text = resources.files("quantize").joinpath("probes.txt").read_text(encoding="utf-8")
     else:
@@ -41,11 +62,26 @@ def load_probes(path: str | None = None) -> list[str]:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise BuildError(f"{path}: cannot read probe texts ({e})") from None
-    probes = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    if path is not None and len(probes) <= TOPK:
-        raise BuildError(f"{path}: {len(probes)} probe texts; top-{TOPK} neighbour agreement needs more than "
-                         f"{TOPK} (one text per line)")
-    return probes
+    sections: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.startswith("# Section"):
+            sections.append([])
+        elif line.strip() and not line.startswith("#"):
+            sections[-1].append(line)
+    sections = [s for s in sections if s]
+    count = sum(len(s) for s in sections)
+    # each part must still rank more than TOPK neighbours
+    if path is not None and count <= 2 * TOPK:
+        raise BuildError(f"{path}: {count} probe texts; a search part and a gate part with top-{TOPK} neighbour "
+                         f"agreement each need more than {2 * TOPK} (one text per line)")
+    return sections
+
+
+def load_probes(path: str | None = None) -> list[str]:
+    """All probe texts: the fixed set shipped with the pipeline (queries, sentences, paragraphs,
+    long passages, several domains), or the file at path in the same format (one text per
+    line, '#' comments, optional '# Section' lines)."""
+    return [t for section in _sections(path) for t in section]
 
 
 def embed_with_progress(emb: Embedder, texts: list[str], label: str, prompt: str | None = None,
@@ -76,6 +112,26 @@ def compare(ref: np.ndarray, got: np.ndarray, k: int = TOPK) -> dict[str, float]
         overlap = [len(set(a) & set(b)) / k for a, b in zip(top_r, top_g, strict=True)]
         out[f"top{k}_overlap"] = float(np.mean(overlap))
     return out
+
+
+def batch_independence(emb: Embedder, texts: list[str], batch_size: int = BATCH) -> float:
+    """Min cosine between each text embedded alone and inside a mixed-length batch.
+
+    Batches are a seeded shuffle of ``texts``, so short queries share a batch (and its padding
+    and, with per-batch activation scales, its quantization ranges) with long passages. A
+    model whose vectors do not depend on their batch scores 1.0 up to float rounding.
+    """
+    order = list(range(len(texts)))
+    random.Random(0).shuffle(order)
+    mixed = np.zeros((len(texts), emb.dim), np.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        mixed[idx] = emb.embed_detailed([texts[i] for i in idx], batch_size=batch_size).vectors
+    # truncated long probes are expected (counted in the report), so embed_detailed: no warnings
+    alone = np.concatenate([emb.embed_detailed([t]).vectors for t in texts]).astype(np.float64)
+    alone /= np.linalg.norm(alone, axis=1, keepdims=True)
+    mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+    return float((alone * mixed).sum(axis=1).min()) if texts else 1.0
 
 
 def check_thresholds(figures: dict[str, float], thresholds: dict[str, float]) -> list[str]:
@@ -113,6 +169,7 @@ def drift_report(reference: Embedder, candidate: Embedder, thresholds: dict[str,
     ref = ref_vectors(probes, "fp32 reference")
     got = embed_with_progress(candidate, probes, "quantized", progress=progress)
     figures = compare(ref, got)
+    figures["batch_independence"] = batch_independence(candidate, probes)
     # queries are embedded with each of the model's prompts too: that is how they are served
     prompt_figs = {}
     for name in sorted(candidate.prompts):
@@ -204,7 +261,7 @@ def format_table(report: dict[str, Any]) -> str:
     """The readable end-of-build table: every figure measured, its threshold and verdict."""
     th = report.get("thresholds", {})
     rows = [("figure", "measured", "threshold", "")]
-    keys = ["cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "model_size_ratio",
+    keys = ["cosine_mean", "cosine_p1", "cosine_min", "top10_overlap", "batch_independence", "model_size_ratio",
             "sts_spearman_retained", "ndcg10_retained"]
     for k in keys:
         if k not in report:

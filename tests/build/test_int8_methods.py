@@ -224,26 +224,16 @@ def test_per_token_matmuls_on_one_input_share_its_quantization(tmp_path: Path) -
         assert np.linalg.norm(y - x @ w) / np.linalg.norm(x @ w) < 0.02
 
 
-def test_per_token_search_tries_the_loudest_matmuls_first_and_stops_at_a_pass() -> None:
-    from quantize.tune import per_token_search
+def test_per_token_tiers_take_the_loudest_matmuls_first() -> None:
+    from quantize.tune import per_token_tiers
 
     ratios = {"a": 30.0, "b": 9.0, "c": 5.0, "d": 3.0, "e": 1.5}
-    tried = []
-
-    def trial(nodes: list[str]) -> dict:
-        tried.append(list(nodes))
-        ok = "c" in nodes
-        return {"cosine_mean": 0.99 + 0.001 * len(nodes), "cosine_p1": 0.98, "model_size_ratio": 0.25,
-                "passed": ok, "shortfalls": [] if ok else ["cosine_mean short"]}
-
-    chosen, report, trials = per_token_search(ratios, trial)
-    assert tried == [["a"], ["a", "b"], ["a", "b", "c"]]  # tiers 16, 8, 4
-    assert chosen == ["a", "b", "c"] and report is not None and report["passed"]
-    assert [t["per_token_nodes"] for t in trials] == [1, 2, 3] and trials[-1]["passed"]
-
-    tried.clear()
-    chosen, report, trials = per_token_search({"x": 1.0, "y": 1.2}, lambda n: {**trial(n), "passed": False})
-    assert tried == [["y", "x"]] and chosen == ["y", "x"] and report is not None and not report["passed"]
+    tiers = per_token_tiers(ratios)
+    assert [nodes for _, nodes in tiers] == [["a"], ["a", "b"], ["a", "b", "c"], ["a", "b", "c", "d"],
+                                             ["a", "b", "c", "d", "e"]]
+    assert [t for t, _ in tiers] == [16.0, 8.0, 4.0, 2.0, 0.0]
+    # tiers that add nothing are not tried twice
+    assert per_token_tiers({"x": 1.0, "y": 1.2}) == [(0.0, ["y", "x"])]
 
 
 def test_emulated_sensitivity_matches_quantizing_each_node(tmp_path: Path, tiny_cls: Path) -> None:
@@ -318,23 +308,53 @@ def test_minilm_static_with_calibration(tmp_path: Path) -> None:
     assert m["validation"]["model_size_ratio"] <= 0.40
 
 
-def test_search_keeps_going_until_labelled_checks_pass() -> None:
-    """Probe figures can pass before a task metric does: the greedy search must follow the task metric."""
-    from quantize.tune import mixed_precision
+def test_fp32_node_sets_grow_in_rank_order_within_the_budget() -> None:
+    """The greedy search's candidates: the first guess from summed isolated losses, then one node more each."""
+    from quantize.tune import fp32_node_sets
 
     ranked = [{"node": f"n{i}", "fp32_extra_bytes": 10, "mean_cosine_loss": 1e-3, "p1_cosine_loss": 1e-3}
               for i in range(5)]
-    base = {"cosine_mean": 0.996, "cosine_p1": 0.992, "passed": False}  # probes pass, the task metric not
-    tried = []
+    base = {"cosine_mean": 0.996, "cosine_p1": 0.992}
+    # probes already pass: start from one node (a task metric may still need more)
+    assert fp32_node_sets(ranked, base, {"cosine_mean": 0.995}, 1e9) == [[f"n{j}" for j in range(k)]
+                                                                         for k in range(1, 6)]
+    # 0.0015 short on the mean: the summed losses say two nodes first
+    assert fp32_node_sets(ranked, base, {"cosine_mean": 0.9975}, 1e9)[0] == ["n0", "n1"]
+    # a node that does not fit the budget is skipped
+    ranked[1]["fp32_extra_bytes"] = 100
+    assert fp32_node_sets(ranked, base, {"cosine_mean": 0.995}, 35)[-1] == ["n0", "n2", "n3"]
+    assert len(fp32_node_sets(ranked, base, {"cosine_mean": 0.995}, 1e9, max_steps=2)) == 2
 
-    def trial(excluded: list[str]) -> dict:
-        tried.append(len(excluded))
-        ndcg = 0.99 + 0.003 * len(excluded)  # the retrieval check passes from 3 fp32 nodes on
-        shortfalls = [] if ndcg >= 0.997 else ["ndcg10_retained short"]
-        return {"cosine_mean": 0.996, "cosine_p1": 0.992, "model_size_ratio": 0.3, "ndcg10_retained": ndcg,
-                "passed": not shortfalls, "shortfalls": shortfalls}
 
-    excluded, report, trials = mixed_precision(ranked, base, {"cosine_mean": 0.995, "ndcg10_retained": 0.997},
-                                               1e9, trial)
-    assert excluded == ["n0", "n1", "n2"] and report["passed"] and tried == [1, 2, 3]
-    assert [t["ndcg10_retained"] for t in trials] == [0.993, 0.996, 0.999]
+def test_search_tries_candidates_in_order_and_keeps_the_first_that_passes(tmp_path: Path) -> None:
+    """The search loop: each candidate is one recorded trial; it stops at a pass, whatever figure decided it."""
+    from types import SimpleNamespace
+
+    from quantize.search import Search
+
+    class Fake:
+        name, batch_independent = "fake", True
+
+        def quantize(self, fp32: Path, dst: Path, work: Path, target: str, per_channel: bool,
+                     fp32_nodes: list[str], only: list[str] | None = None) -> dict:
+            dst.write_bytes(b"x" * (1 + len(fp32_nodes)))
+            return {"fp32": list(fp32_nodes)}
+
+    class Judge:
+        def report(self, model: Path, facts: dict, texts: list[str], quiet: bool = False,
+                   labelled: bool = True) -> dict:
+            ndcg = 0.99 + 0.003 * len(facts["fp32"])  # the task metric passes from 3 fp32 nodes on
+            ok = ndcg >= 0.997
+            return {"cosine_mean": 0.996, "cosine_p1": 0.992, "model_size_ratio": 0.3, "ndcg10_retained": ndcg,
+                    "passed": ok, "shortfalls": [] if ok else ["ndcg10_retained short"]}
+
+    plan = SimpleNamespace(target="avx2", recipe=SimpleNamespace(quantization={}, thresholds={}))
+    search = Search(plan, SimpleNamespace(model=tmp_path / "fp32.onnx"), Judge(), tmp_path, [])  # type: ignore[arg-type]
+    base = search.trial("base", Fake())
+    sets = [[f"n{i}" for i in range(k)] for k in range(1, 6)]
+    best = search.first_passing("fp32-nodes", [(Fake(), s) for s in sets], base, lambda t: "")
+    assert best.passed and best.fp32_nodes == ["n0", "n1", "n2"]
+    assert [len(t.fp32_nodes) for t in search.trials] == [0, 1, 2, 3]  # nothing tried after the pass
+    assert [t.row()["ndcg10_retained"] for t in search.trials][1:] == [0.993, 0.996, 0.999]
+    # only the kept trial's model stays on disk
+    assert best.model.is_file() and not any(t.model.exists() for t in search.trials if t is not best)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,11 +62,21 @@ def test_int8_bundle_meets_recipe_thresholds(minilm_int8: Path, minilm_fp32: Pat
             assert report[key] >= limit, (key, report[key], limit)
     assert report["probes"]["count"] >= 100 and report["probes"]["tokens_max"] >= 256
     assert m.validation["cosine_mean"] == report["cosine_mean"]
-    # the figures are real: recomputing them through the runtime gives the same numbers
-    from quantize.validate import compare, load_probes
+    # the verdict is the gate part's; the search part's figures are reported beside it
+    from quantize.validate import compare, default_probes, embed_with_progress
 
-    probes = load_probes()
-    again = compare(Embedder.load(minilm_fp32).embed(probes), Embedder.load(minilm_int8).embed(probes))
+    split = default_probes()
+    assert report["probes"]["count"] == len(split.gate)
+    assert report["search"]["probes"]["count"] == len(split.search)
+    assert report["search"]["probes"]["sha256"] != report["probes"]["sha256"]
+    assert report["search"]["passed"] and "batch_independence" in report["search"]
+    # the figures are real: recomputing them through the runtime gives the same numbers
+    probes = split.gate
+
+    def vectors(bundle: Path) -> Any:  # in the build's own chunks: a per-batch scheme depends on them
+        return embed_with_progress(Embedder.load(bundle), probes, "", progress=False)
+
+    again = compare(vectors(minilm_fp32), vectors(minilm_int8))
     assert abs(again["cosine_mean"] - report["cosine_mean"]) < 1e-4
     size_int8 = (minilm_int8 / "model.onnx").stat().st_size
     size_fp32 = (minilm_fp32 / "model.onnx").stat().st_size
@@ -128,3 +139,35 @@ def test_recipe_resolves_local_package() -> None:
     bge, where = resolve_source("bge-base-en-v1.5")
     assert (bge.pooling, bge.max_length, where) == ("cls", 512, "BAAI/bge-base-en-v1.5")
     assert bge.prompts["query"].startswith("Represent this sentence")
+
+
+def test_probe_split_is_fixed_disjoint_and_covers_every_kind_of_text() -> None:
+    from quantize.validate import default_probes, load_probes
+
+    a, b = default_probes(), default_probes()
+    assert a == b  # split once, the same on every build
+    everything = load_probes()
+    assert sorted(a.search + a.gate) == sorted(everything) and not set(a.search) & set(a.gate)
+    assert 200 <= len(everything) <= 400 and abs(len(a.search) - len(a.gate)) <= 8
+    for part in (a.search, a.gate):
+        words = [len(t.split()) for t in part]
+        # short queries, sentences and passages long enough to reach a 256-512 token max_length
+        assert min(words) <= 4 and sum(w <= 12 for w in words) >= 30 and sum(w >= 200 for w in words) >= 8
+
+
+def test_batch_independence_catches_per_batch_activation_scales(minilm_fp32: Path, tmp_path: Path) -> None:
+    """fp32 vectors do not depend on their batch; dynamic INT8's per-batch activation scales do."""
+    import shutil
+
+    from quantize.int8 import quantize_dynamic_int8
+    from quantize.validate import batch_independence, default_probes
+
+    texts = default_probes().gate[::2]
+    assert batch_independence(Embedder.load(minilm_fp32), texts) > 0.99999
+    dyn = tmp_path / "dyn"
+    shutil.copytree(minilm_fp32, dyn)
+    quantize_dynamic_int8(minilm_fp32 / "model.onnx", dyn / "model.onnx")
+    m = json.loads((dyn / "manifest.json").read_text())
+    m["files"]["model.onnx"]["bytes"] = (dyn / "model.onnx").stat().st_size
+    (dyn / "manifest.json").write_text(json.dumps(m))
+    assert batch_independence(Embedder.load(dyn), texts) < 0.9999

@@ -1,0 +1,228 @@
+"""Quantization schemes: each one small object saying how it rewrites the fp32 graph.
+
+A scheme takes the fp32 model, the nodes to keep in fp32, and writes an INT8 model; it
+returns the facts the manifest records about it. The search (search.py) tries schemes and
+fp32-node sets and keeps what passes; a scheme never validates or chooses anything itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .calibration import CalibrationSet, TextCalibrationReader
+from .int8 import (
+    per_token_model,
+    quantize_dynamic_int8,
+    quantize_facts,
+    quantize_static_int8,
+    split_attention,
+    weighted_matmuls,
+    with_types,
+)
+
+__all__ = ["BATCH_INDEPENDENT", "SCHEMES", "Dynamic", "NBits", "PerToken", "Scheme", "Static"]
+
+
+class Scheme(Protocol):
+    """How one family of INT8 models is made from the fp32 graph."""
+
+    @property
+    def name(self) -> str:
+        """What trial logs and messages call it."""
+        ...
+
+    @property
+    def batch_independent(self) -> bool:
+        """Whether a text's vector is the same alone and inside any batch, by construction."""
+        ...
+
+    def quantize(self, fp32: Path, dst: Path, work: Path, target: str, per_channel: bool,
+                 fp32_nodes: list[str], only: list[str] | None = None) -> dict[str, Any]:
+        """Write the INT8 model to dst (``only``: quantize just these nodes, for sensitivity
+        measurements); return the facts the manifest records."""
+        ...
+
+
+@dataclass(frozen=True)
+class Dynamic:
+    """onnxruntime's dynamic INT8: per-channel weights, one activation scale per tensor and batch."""
+
+    name: str = "dynamic"
+    batch_independent: bool = False
+
+    def quantize(self, fp32: Path, dst: Path, work: Path, target: str, per_channel: bool,
+                 fp32_nodes: list[str], only: list[str] | None = None) -> dict[str, Any]:
+        return quantize_dynamic_int8(fp32, dst, target, per_channel, fp32_nodes, only)
+
+
+def _split_names(fp32_nodes: list[str]) -> set[str]:
+    """fp32 node names, plus the QKV MatMul that split_attention makes of a listed Attention."""
+    return set(fp32_nodes) | {f"{n}/split_attention/qkv_matmul" for n in fp32_nodes}
+
+
+def _weight_only_rest(src: Path, dst: Path, target: str, per_channel: bool, fp32_nodes: list[str]) -> dict[str, Any]:
+    """Dynamic INT8 for the nodes a batch-independent scheme leaves: the weight-only ones
+    (EmbedLayerNormalization's tables), never an activation that would get a per-batch scale."""
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    only = [n.name for n in graph.node if n.op_type == "EmbedLayerNormalization" and n.name not in fp32_nodes]
+    if not only:
+        shutil.copyfile(src, dst)
+        return quantize_facts(target, per_channel, fp32_nodes)
+    return quantize_dynamic_int8(src, dst, target, per_channel, fp32_nodes, only)
+
+
+@dataclass(frozen=True)
+class PerToken:
+    """Dynamic INT8 where MatMuls get one activation scale per token (int8.per_token_model).
+
+    ratios: node -> the outlier ratio that earned it per-token scales; the other nodes keep
+    onnxruntime's per-batch scales. everywhere: every weighted MatMul instead, attention
+    projections split out of fused Attention first (int8.split_attention), so no activation
+    keeps a per-batch scale and vectors do not depend on their batch.
+    """
+
+    ratios: dict[str, float] = field(default_factory=dict)
+    everywhere: bool = False
+
+    @property
+    def name(self) -> str:
+        return "per-token-all" if self.everywhere else "per-token"
+
+    @property
+    def batch_independent(self) -> bool:
+        return self.everywhere
+
+    def quantize(self, fp32: Path, dst: Path, work: Path, target: str, per_channel: bool,
+                 fp32_nodes: list[str], only: list[str] | None = None) -> dict[str, Any]:
+        if only is not None:  # a sensitivity measurement: that node alone, per batch
+            return quantize_dynamic_int8(fp32, dst, target, per_channel, fp32_nodes, only)
+        src = fp32
+        if self.everywhere:
+            src = work / "split-attention.onnx"
+            split_attention(fp32, src)
+            keep = _split_names(fp32_nodes)
+            nodes = [n for n in weighted_matmuls(src) if n not in keep]
+        else:
+            nodes = [n for n in self.ratios if n not in fp32_nodes]
+        pt = work / "per-token.onnx"
+        per_token_model(src, pt, nodes, target)
+        if self.everywhere:
+            facts = _weight_only_rest(pt, dst, target, per_channel, fp32_nodes)
+            facts["activation_type"] = ("uint8, one scale per token computed at run time, every MatMul "
+                                        "(attention projections split out of Attention)")
+        else:
+            facts = quantize_dynamic_int8(pt, dst, target, per_channel, fp32_nodes, None)
+            facts["activation_type"] = ("uint8, scales computed at run time: one per token for per_token_nodes, "
+                                        "one per batch elsewhere")
+        facts["scheme"] = self.name
+        facts["per_token_nodes"] = [{"node": n, "outlier_ratio": self.ratios.get(n)} for n in nodes]
+        return facts
+
+
+@dataclass(frozen=True)
+class NBits:
+    """onnxruntime's MatMulNBits at 8 bits with accuracy_level 4: weights in blocks of
+    block_size along K (one scale each), activations quantized to int8 per block of each row
+    at run time, so vectors do not depend on their batch. Attention projections are split
+    out of fused Attention first; the attention core stays fp32."""
+
+    block_size: int = 32
+
+    @property
+    def name(self) -> str:
+        return f"nbits8-b{self.block_size}"
+
+    @property
+    def batch_independent(self) -> bool:
+        return True
+
+    @staticmethod
+    def available() -> bool:
+        """onnxruntime's MatMulNBits quantizer imports onnx-ir (the build extra installs it)."""
+        import importlib.util
+
+        return importlib.util.find_spec("onnx_ir") is not None
+
+    def quantize(self, fp32: Path, dst: Path, work: Path, target: str, per_channel: bool,
+                 fp32_nodes: list[str], only: list[str] | None = None) -> dict[str, Any]:
+        import onnx
+
+        from . import BuildError
+
+        if only is not None:
+            return quantize_dynamic_int8(fp32, dst, target, per_channel, fp32_nodes, only)
+        try:
+            from onnxruntime.quantization.matmul_nbits_quantizer import (
+                DefaultWeightOnlyQuantConfig,
+                MatMulNBitsQuantizer,
+            )
+        except ImportError as e:
+            raise BuildError(f"{self.name}: onnxruntime's MatMulNBits quantizer needs onnx-ir ({e}); "
+                             "pip install 'edge-embed[build]'") from None
+        split = work / "split-attention.onnx"
+        split_attention(fp32, split)
+        keep = sorted(_split_names(fp32_nodes))
+        cfg = DefaultWeightOnlyQuantConfig(block_size=self.block_size, is_symmetric=True, accuracy_level=4, bits=8,
+                                           op_types_to_quantize=("MatMul",))
+        logging.disable(logging.INFO)  # one line per node otherwise
+        try:
+            q = MatMulNBitsQuantizer(onnx.load(str(split)), bits=8, block_size=self.block_size, is_symmetric=True,
+                                     accuracy_level=4, nodes_to_exclude=keep, op_types_to_quantize=("MatMul",),
+                                     algo_config=cfg)
+            q.process()
+        finally:
+            logging.disable(logging.NOTSET)
+        nb = work / "nbits.onnx"
+        q.model.save_model_to_file(str(nb), use_external_data_format=False)
+        facts = _weight_only_rest(nb, dst, target, per_channel, fp32_nodes)
+        facts.update(scheme=self.name, weight_type="int8, symmetric, one scale per block of "
+                     f"{self.block_size} along K (MatMulNBits)", weight_bits=8, block_size=self.block_size,
+                     accuracy_level=4, activation_type="int8, one scale per block of each row computed at run time "
+                     "(MatMulNBits accuracy_level 4)")
+        facts["nbits_nodes"] = sorted(n.name for n in q.model.model.graph.node if n.op_type == "MatMulNBits")
+        return facts
+
+
+@dataclass(frozen=True)
+class Static:
+    """QDQ INT8 with activation ranges calibrated once on the user's texts."""
+
+    calibration: CalibrationSet
+    calibration_method: str
+    tokenizer: Path
+    name: str = "static"
+    batch_independent: bool = True  # ranges fixed at build time
+    _typed: dict[Path, Path] = field(default_factory=dict, compare=False, repr=False)
+
+    def quantize(self, fp32: Path, dst: Path, work: Path, target: str, per_channel: bool,
+                 fp32_nodes: list[str], only: list[str] | None = None) -> dict[str, Any]:
+        import onnx
+
+        if fp32 not in self._typed:
+            self._typed[fp32] = with_types(fp32, work / "fp32-typed.onnx")
+        typed = self._typed[fp32]
+        inputs = [i.name for i in onnx.load(str(typed), load_external_data=False).graph.input]
+        reader = TextCalibrationReader(self.calibration.texts, self.tokenizer, inputs,
+                                       fixed_length=self.calibration_method != "minmax")
+        facts = quantize_static_int8(typed, dst, reader, work / "calibration-ranges.json", self.calibration_method,
+                                     target, per_channel, fp32_nodes, only)
+        facts["calibration"] = self.calibration.describe()
+        return facts
+
+
+# the batch-independent schemes auto tries when a per-batch scheme misses the thresholds, in
+# order of measured speed on each target (docs/fidelity.md): the first that passes is kept.
+# MatMulNBits falls back to fp32 arithmetic on ARM cores without the dot-product extension
+# (Cortex-A72, a Raspberry Pi 4), so per-token scales come first everywhere.
+BATCH_INDEPENDENT: dict[str, tuple[Scheme, ...]] = {
+    target: (PerToken(everywhere=True), NBits(128), NBits(32)) for target in ("avx2", "avx512-vnni", "arm64")
+}
+# what --scheme may name: one scheme tried alone (still judged and, with auto, given fp32 nodes)
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (Dynamic(), PerToken(everywhere=True), NBits(32), NBits(64),
+                                                    NBits(128))}
