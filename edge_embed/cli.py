@@ -512,6 +512,71 @@ def add_serve_parser(sub: Any) -> None:
     s.set_defaults(func=cmd_serve)
 
 
+# ---------------------------------------------------------------------- embed-corpus
+def cmd_embed_corpus(args: argparse.Namespace) -> int:
+    from . import corpus
+
+    if not args.model:
+        raise InputError(f"-m/--model: name a bundle directory (or set ${MODEL_ENV})")
+    try:
+        corpus.require_pyarrow()
+    except ImportError as e:
+        raise InputError(f"embed-corpus: {e}") from None
+    common: dict[str, Any] = dict(bundle=args.model, text_field=args.text_field, id_field=args.id_field,
+                                  input_format=args.input_format, prompt=args.prompt, shard_size=args.shard_size,
+                                  batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                                  progress=args.progress)
+    if args.engine == "ray":
+        try:
+            from .ray import embed_corpus_on_ray
+        except ImportError as e:
+            raise InputError(f"embed-corpus --engine ray: {e}") from None
+        summary = embed_corpus_on_ray(args.input, args.output, address=args.address, workers=args.workers,
+                                      threads=args.threads, **common)
+    else:
+        if args.address:
+            raise InputError("--address: only with --engine ray")
+        summary = corpus.embed_corpus(args.input, args.output, workers=args.workers, threads=args.threads, **common)
+    if summary.truncated:
+        sys.stderr.write(f"edge-embed: {summary.truncated} text(s) longer than the bundle's max_length "
+                         "were truncated\n")
+    print(summary.outdir)
+    return 0
+
+
+def add_corpus_parser(sub: Any) -> None:
+    from .corpus import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_SHARD_SIZE, INPUT_FORMATS
+
+    c = sub.add_parser("embed-corpus", help="embed a JSONL/CSV/Parquet/text corpus into resumable Parquet shards "
+                                            "on several processes or on Ray (corpus extra)")
+    c.add_argument("input", help="JSONL, CSV, Parquet or text file (one text per line)")
+    c.add_argument("-o", "--output", required=True,
+                   help="directory for part-NNNNN.parquet shards and _job.json; run again to resume")
+    c.add_argument("-m", "--model", default=os.environ.get(MODEL_ENV),
+                   help=f"bundle directory or packed .edgeembed file (${MODEL_ENV})")
+    c.add_argument("--text-field", default="text", help="field or column holding the text (text)")
+    c.add_argument("--id-field", help="field or column holding the id (default: id or _id if present, "
+                                      "else the row number)")
+    c.add_argument("--input-format", choices=INPUT_FORMATS, help="default: from the file name's suffix")
+    c.add_argument("--prompt", help="prompt name from the bundle's manifest, e.g. query")
+    c.add_argument("--workers", type=int, help="processes (Ray: actors), each with its own ONNX Runtime session "
+                                               "(default: physical cores / --threads)")
+    c.add_argument("--threads", type=int, help="ONNX Runtime threads per worker (default 1, or cores / --workers)")
+    c.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                   help=f"rows per output shard, the unit of resuming ({DEFAULT_SHARD_SIZE})")
+    c.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"at most this many rows per ONNX Runtime run ({DEFAULT_BATCH_SIZE})")
+    c.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
+                   help=f"padded tokens per run, bounding its memory ({DEFAULT_MAX_BATCH_TOKENS})")
+    c.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local processes (default, resumable) or a Ray cluster (ray extra)")
+    c.add_argument("--address", help="--engine ray: the cluster to join, e.g. ray://head:10001 or auto "
+                                     "(default: start a local Ray)")
+    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr (default: live on a terminal, one line per tenth otherwise)")
+    c.set_defaults(func=cmd_embed_corpus)
+
+
 # ---------------------------------------------------------------------- eval
 def _eval_one(path: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     from .evaluate import eval_beir, eval_sts
@@ -709,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.set_defaults(func=cmd_bench)
 
     add_serve_parser(sub)
+    add_corpus_parser(sub)
     return p
 
 

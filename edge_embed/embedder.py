@@ -393,19 +393,26 @@ class Embedder:
 
     def embed_detailed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32, *,
                        long_text: str = "truncate", stride: int | None = None,
-                       normalize: bool = True) -> EmbedResult:
+                       normalize: bool = True, max_batch_tokens: int | None = None) -> EmbedResult:
         """Like :meth:`embed`, also returning tokens per text, the truncated count and, with
         long_text="window", each text's window vectors (``windows``).
 
         normalize=False skips the L2 normalisation the manifest may ask for (the pooled vectors
         as they are; window means are then not renormalised either).
+        max_batch_tokens: also cut a batch before its padded size (rows x longest text) would
+        pass this many tokens, which bounds the memory one ONNX Runtime run takes; batches of
+        short texts then hold up to batch_size rows. A single text is never split.
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int)
+                                             or isinstance(max_batch_tokens, bool) or max_batch_tokens < 1):
+            raise InputError(f"max_batch_tokens: expected a positive integer or None, got {max_batch_tokens!r}")
         if not isinstance(long_text, str) or long_text not in LONG_TEXT:
             raise InputError(f"long_text: expected one of {', '.join(LONG_TEXT)}, got {long_text!r}")
         if long_text == "window":
-            return self._embed_windows(texts, prompt, batch_size, self._check_stride(stride), normalize)
+            return self._embed_windows(texts, prompt, batch_size, self._check_stride(stride), normalize,
+                                       max_batch_tokens)
         if stride is not None:
             raise InputError("stride: only used with long_text='window'")
         encs = self.tokenize(texts, prompt)
@@ -416,7 +423,7 @@ class Embedder:
                 f"texts[{cut[0]}]: longer than max_length={self.max_length} tokens "
                 f"({len(cut)} texts are); shorten them, or use long_text='truncate' or 'window'"
             )
-        return EmbedResult(self._run_sorted(encs, batch_size, normalize), lengths, len(cut))
+        return EmbedResult(self._run_sorted(encs, batch_size, normalize, max_batch_tokens), lengths, len(cut))
 
     def _check_stride(self, stride: Any) -> int:
         high = (self.max_length - 2) // 2  # every window needs room for tokens of its own
@@ -428,7 +435,7 @@ class Embedder:
         return stride
 
     def _embed_windows(self, texts: Sequence[str], prompt: str | None, batch_size: int, stride: int,
-                       normalize: bool) -> EmbedResult:
+                       normalize: bool, max_batch_tokens: int | None = None) -> EmbedResult:
         items = check_texts(texts)
         prefix = self._prefix(prompt)
         tok = self._tok_windows.get(stride)
@@ -440,7 +447,7 @@ class Embedder:
         # the special tokens of a text of its own
         per_text = [[e, *e.overflowing] for e in _tokenize_batch(tok, [prefix + t for t in items])]
         flat = [w for ws in per_text for w in ws]
-        vecs = self._run_sorted(flat, batch_size, normalize)
+        vecs = self._run_sorted(flat, batch_size, normalize, max_batch_tokens)
         weights = np.fromiter((len(w.ids) for w in flat), dtype=np.float32, count=len(flat))
         out = np.empty((len(items), self.dim), dtype=np.float32)
         windows: list[npt.NDArray[np.float32]] = []
@@ -456,15 +463,21 @@ class Embedder:
             out = l2_normalize(out)
         return EmbedResult(out, tokens, 0, windows)
 
-    def _run_sorted(self, encs: list[Encoding], batch_size: int, normalize: bool) -> npt.NDArray[np.float32]:
+    def _run_sorted(self, encs: list[Encoding], batch_size: int, normalize: bool,
+                    max_batch_tokens: int | None = None) -> npt.NDArray[np.float32]:
         n = len(encs)
         out = np.empty((n, self.dim), dtype=np.float32)
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=n)
         # longest first: similar lengths share a batch, so little padding is computed
         order = np.argsort(-lengths, kind="stable")
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+        start = 0
+        while start < n:
+            rows = batch_size
+            if max_batch_tokens is not None:  # the batch's first text is its longest
+                rows = max(1, min(batch_size, max_batch_tokens // max(int(lengths[order[start]]), 1)))
+            idx = order[start:start + rows]
             out[idx] = self._run([encs[i] for i in idx], normalize)
+            start += rows
         return out
 
     def _run(self, batch: list[Encoding], normalize: bool = True) -> npt.NDArray[np.float32]:

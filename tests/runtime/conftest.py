@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_embed import Embedder
@@ -17,3 +19,20 @@ def int8(minilm_int8: Path) -> Embedder:
 @pytest.fixture(scope="session")
 def fp32(minilm_fp32: Path) -> Embedder:
     return Embedder.load(minilm_fp32)
+
+
+# the shared msmarco-5k passages (BEIR corpus.jsonl), beside the project root
+MSMARCO = Path(__file__).resolve().parents[3] / "shared" / "data" / "msmarco-5k" / "corpus.jsonl"
+
+
+def msmarco_records() -> list[dict[str, str]]:
+    if not MSMARCO.is_file():
+        pytest.skip(f"needs the msmarco-5k corpus at {MSMARCO} (../shared/data/msmarco-5k)")
+    with open(MSMARCO, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def msmarco_fp32(fp32: Embedder) -> np.ndarray:
+    """Embedder.embed of all msmarco-5k passages with the fp32 bundle (the corpus and Ray tests' reference)."""
+    return fp32.embed([r["text"] for r in msmarco_records()])
