@@ -525,7 +525,7 @@ def cmd_embed_corpus(args: argparse.Namespace) -> int:
     common: dict[str, Any] = dict(bundle=args.model, text_field=args.text_field, id_field=args.id_field,
                                   input_format=args.input_format, prompt=args.prompt, shard_size=args.shard_size,
                                   batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                                  progress=args.progress)
+                                  precisions=args.precision or (), progress=args.progress)
     if args.engine == "ray":
         try:
             from .ray import embed_corpus_on_ray
@@ -545,7 +545,13 @@ def cmd_embed_corpus(args: argparse.Namespace) -> int:
 
 
 def add_corpus_parser(sub: Any) -> None:
-    from .corpus import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_SHARD_SIZE, INPUT_FORMATS
+    from .corpus import (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_MAX_BATCH_TOKENS,
+        DEFAULT_SHARD_SIZE,
+        EXTRA_PRECISIONS,
+        INPUT_FORMATS,
+    )
 
     c = sub.add_parser("embed-corpus", help="embed a JSONL/CSV/Parquet/text corpus into resumable Parquet shards "
                                             "on several processes or on Ray (corpus extra)")
@@ -568,6 +574,9 @@ def add_corpus_parser(sub: Any) -> None:
                    help=f"at most this many rows per ONNX Runtime run ({DEFAULT_BATCH_SIZE})")
     c.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
                    help=f"padded tokens per run, bounding its memory ({DEFAULT_MAX_BATCH_TOKENS})")
+    c.add_argument("--precision", action="append", choices=EXTRA_PRECISIONS,
+                   help="also store each vector as these codes, a vector_<precision> column each "
+                        "(as Embedder.encode(precision=...)); repeatable")
     c.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local processes (default, resumable) or a Ray cluster (ray extra)")
     c.add_argument("--address", help="--engine ray: the cluster to join, e.g. ray://head:10001 or auto "

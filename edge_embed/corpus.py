@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -42,8 +42,9 @@ import numpy.typing as npt
 from . import __version__
 from .archive import is_archive, read_archive
 from .embedder import Embedder
-from .errors import EdgeEmbedError, InputError
-from .manifest import Manifest
+from .errors import BundleError, EdgeEmbedError, InputError
+from .manifest import RANGES_KEY, Manifest
+from .precision import PRECISIONS, quantize, ranges_array
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "DEFAULT_MAX_BATCH_TOKENS", "DEFAULT_SHARD_SIZE", "INPUT_FORMATS", "JOB_FILE",
@@ -53,6 +54,7 @@ __all__ = [
 JOB_FILE = "_job.json"
 JOB_FORMAT = "edge-embed.corpus-job/1"
 INPUT_FORMATS = ("jsonl", "csv", "parquet", "text")
+EXTRA_PRECISIONS = tuple(p for p in PRECISIONS if p != "float32")  # each adds a vector_<precision> column
 DEFAULT_SHARD_SIZE = 2000
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_TOKENS = 8192
@@ -474,11 +476,18 @@ def _shards(src: Source, size: int, skip: set[int]) -> Iterator[_Shard]:
         yield _Shard(index, ids, texts)
 
 
-def _write_shard(outdir: Path, shard: _Shard, vectors: npt.NDArray[np.float32], id_type: str) -> None:
+def _fixed_lists(pa: Any, rows: npt.NDArray[Any]) -> Any:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(rows).reshape(-1)), rows.shape[1])
+
+
+def _write_shard(outdir: Path, shard: _Shard, vectors: npt.NDArray[np.float32], job: dict[str, Any],
+                 ranges: npt.NDArray[np.float32] | None) -> None:
     pa = require_pyarrow()
-    ids = pa.array(shard.ids, type=getattr(pa, id_type)())  # string, large_string, int64 or int32
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-    table = pa.table({"id": ids, "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+    ids = pa.array(shard.ids, type=getattr(pa, job["settings"]["id_type"])())  # string, large_string, int64, int32
+    columns = {"id": ids, "vector": _fixed_lists(pa, vectors.astype(np.float32, copy=False))}
+    for precision in job["settings"]["precisions"]:  # the same codes Embedder.encode(precision=...) gives
+        columns[f"vector_{precision}"] = _fixed_lists(pa, quantize(vectors, precision, ranges))
+    table = pa.table(columns)
     final = outdir / shard_name(shard.index)
     tmp = outdir / f".{final.name}.tmp"
     with open(tmp, "wb") as f:
@@ -500,9 +509,13 @@ def _shard_ok(outdir: Path, entry: dict[str, Any]) -> bool:
 def prepare_job(input: str | os.PathLike[str], outdir: str | os.PathLike[str], *, bundle: str | os.PathLike[str],
                 text_field: str = "text", id_field: str | None = None, input_format: str | None = None,
                 prompt: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = DEFAULT_BATCH_SIZE,
-                max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, engine: str = "local",
-                log: IO[str] | None = None) -> tuple[Source, Path, dict[str, Any]]:
-    """Check everything, load or start the job manifest: (source, outdir, job) with job["done"] checked."""
+                max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, precisions: Sequence[str] = (),
+                engine: str = "local", log: IO[str] | None = None,
+                ) -> tuple[Source, Path, dict[str, Any], npt.NDArray[np.float32] | None]:
+    """Check everything, load or start the job manifest.
+
+    Returns (source, outdir, job with its done shards checked, the bundle's int8 ranges if needed).
+    """
     require_pyarrow()
     log = log if log is not None else sys.stderr
     for name, value in (("--shard-size", shard_size), ("--batch-size", batch_size),
@@ -511,6 +524,16 @@ def prepare_job(input: str | os.PathLike[str], outdir: str | os.PathLike[str], *
             raise InputError(f"{name}: expected a positive integer, got {value!r}")
     src = open_source(input, input_format, text_field, id_field)
     m = bundle_manifest(bundle)
+    precisions = list(dict.fromkeys(precisions))
+    for p in precisions:
+        if p not in EXTRA_PRECISIONS:
+            raise InputError(f"--precision: expected one of {', '.join(EXTRA_PRECISIONS)}, got {p!r}")
+    ranges = None
+    if {"int8", "uint8"} & set(precisions):
+        if RANGES_KEY not in m.extra:
+            raise BundleError(f"{bundle}: the manifest has no {RANGES_KEY!r} (built by an older edge-embed); "
+                              "rebuild the bundle for int8/uint8 columns, or use --precision binary/ubinary")
+        ranges = ranges_array(m.extra[RANGES_KEY])
     if prompt is not None and prompt not in m.prompts:
         known = ", ".join(sorted(m.prompts)) or "none"
         raise InputError(f"--prompt: {prompt!r} is not in this bundle's prompts (known: {known})")
@@ -524,8 +547,9 @@ def prepare_job(input: str | os.PathLike[str], outdir: str | os.PathLike[str], *
                    "model_id": m.source.get("model_id"), "dim": m.dim},
         "settings": {"input_format": src.format, "text_field": src.text_field, "id_field": src.id_field,
                      "id_type": src.id_type, "prompt": prompt, "shard_size": shard_size, "batch_size": batch_size,
-                     "max_batch_tokens": max_batch_tokens, "engine": engine},
-        "columns": {"id": src.id_type, "vector": f"fixed_size_list<float32>[{m.dim}]"},
+                     "max_batch_tokens": max_batch_tokens, "precisions": precisions, "engine": engine},
+        "columns": {"id": src.id_type, "vector": f"fixed_size_list<float32>[{m.dim}]",
+                    **{f"vector_{p}": _code_type(p, m.dim) for p in precisions}},
         "shards": -(-src.rows // shard_size),
         "done": [],
         "complete": False,
@@ -549,23 +573,31 @@ def prepare_job(input: str | os.PathLike[str], outdir: str | os.PathLike[str], *
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".part-*.tmp"):  # shards a killed run did not finish
         stale.unlink()
-    return src, out, planned
+    return src, out, planned, ranges
+
+
+def _code_type(precision: str, dim: int) -> str:
+    width = dim // 8 if precision.endswith("binary") else dim
+    return f"fixed_size_list<{'uint8' if precision.startswith('u') else 'int8'}>[{width}]"
 
 
 def embed_corpus(input: str | os.PathLike[str], outdir: str | os.PathLike[str], *, bundle: str | os.PathLike[str],
                  text_field: str = "text", id_field: str | None = None, input_format: str | None = None,
                  prompt: str | None = None, workers: int | None = None, threads: int | None = None,
                  shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, progress: bool | None = None,
-                 log: IO[str] | None = None) -> JobSummary:
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, precisions: Sequence[str] = (),
+                 progress: bool | None = None, log: IO[str] | None = None) -> JobSummary:
     """Embed INPUT into OUTDIR's Parquet shards on ``workers`` processes; resumes a job already there.
 
+    precisions: also store the vectors as these codes (int8, uint8, binary, ubinary), one
+    ``vector_<precision>`` column each, as ``Embedder.encode(precision=...)`` computes them.
     progress: None shows it live on a terminal and one line per tenth otherwise; False hides it.
     """
     log = log if log is not None else sys.stderr
-    src, out, job = prepare_job(input, outdir, bundle=bundle, text_field=text_field, id_field=id_field,
-                                input_format=input_format, prompt=prompt, shard_size=shard_size,
-                                batch_size=batch_size, max_batch_tokens=max_batch_tokens, log=log)
+    src, out, job, ranges = prepare_job(input, outdir, bundle=bundle, text_field=text_field, id_field=id_field,
+                                        input_format=input_format, prompt=prompt, shard_size=shard_size,
+                                        batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                        precisions=precisions, log=log)
     n_workers, n_threads = default_parallelism(workers, threads)
     job_path = out / JOB_FILE
     done = {d["shard"] for d in job["done"]}
@@ -575,7 +607,7 @@ def embed_corpus(input: str | os.PathLike[str], outdir: str | os.PathLike[str], 
     bar = Progress(src.rows, already, log, live=progress, enabled=not quiet)
 
     def record(shard: _Shard, vectors: npt.NDArray[np.float32]) -> None:
-        _write_shard(out, shard, vectors, src.id_type)
+        _write_shard(out, shard, vectors, job, ranges)
         job["done"].append({"shard": shard.index, "rows": len(shard.ids)})
         job["done"].sort(key=lambda d: d["shard"])
         _write_atomic(job_path, _dump(job))

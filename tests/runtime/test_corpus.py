@@ -237,3 +237,21 @@ def test_max_batch_tokens_bounds_every_run(fp32: Embedder) -> None:
     assert all(r * w <= 200 or r == 1 for r, w in shapes) and max(r for r, _ in shapes) <= 16
     assert len(shapes) > -(-len(texts) // 16)  # the budget, not batch_size, cut the long batches
     assert np.min(np.sum(got * fp32.embed(texts), axis=1)) >= 0.99999
+
+
+def test_precision_columns_hold_encode_codes(tmp_path: Path, fp32: Embedder, minilm_fp32: Path) -> None:
+    texts = [f"passage {i} about " + "topic " * (i % 5) for i in range(10)]
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join(texts) + "\n")
+    embed_corpus(src, tmp_path / "out", bundle=minilm_fp32, workers=1, shard_size=4, progress=False,
+                 precisions=("int8", "ubinary"))
+    table = pq.read_table(tmp_path / "out")
+    assert table.schema.field("vector_int8").type == pa.list_(pa.int8(), fp32.dim)
+    assert table.schema.field("vector_ubinary").type == pa.list_(pa.uint8(), fp32.dim // 8)
+    for precision in ("int8", "ubinary"):
+        col = table.column(f"vector_{precision}").combine_chunks()
+        got = np.asarray(col.flatten()).reshape(len(col), -1).astype(np.int16)
+        want = fp32.encode(texts, precision=precision).astype(np.int16)
+        # fp32 vectors agree to ~1e-7 across batchings: a code may sit one step off at a boundary
+        assert np.abs(got - want).max() <= (1 if precision == "int8" else 255)
+        assert np.mean(got == want) > 0.99
