@@ -676,9 +676,11 @@ def _run_pool(pending: Iterator[_Shard], bundle: str | os.PathLike[str], workers
         while inflight:
             truncated += _finish(inflight.popleft(), record)
     except BaseException as e:
+        # a running shard would otherwise finish first (Python 3.14 adds terminate_workers for this);
+        # shutdown() drops the executor's process table, so it is read first
+        procs = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
-        # a running shard would otherwise finish first (Python 3.14 adds terminate_workers for this)
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        for proc in procs:
             proc.terminate()
         if isinstance(e, BrokenProcessPool):
             raise EdgeEmbedError(f"embed-corpus: a worker process died (out of memory?) after {len(job['done'])} "

@@ -46,6 +46,7 @@ def _slice(tmp_path: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # two fp32 passes over 5,000 passages: about 4 minutes on 2 cores
 def test_job_over_msmarco_matches_embed_in_order_with_ids(tmp_path: Path, fp32: Embedder,
                                                            msmarco_fp32: np.ndarray, minilm_fp32: Path) -> None:
     # fp32: its vectors do not depend on which texts share a batch, so they must match embed()'s;
