@@ -92,6 +92,13 @@ def _start_and_stop(cmd: list[str], out: Path, after: int, sig: int) -> tuple[su
     return proc, workers
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_stopped_job_resumes_to_the_uninterrupted_output(tmp_path: Path, minilm_int8: Path) -> None:
     # INT8 on purpose: its vectors change with batch composition, so equal output means every
     # shard got the same rows and batches when the job was resumed
@@ -110,7 +117,7 @@ def test_stopped_job_resumes_to_the_uninterrupted_output(tmp_path: Path, minilm_
     proc, workers = _start_and_stop(_job_cmd(src, out, minilm_int8), out, _done(out) + 2, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     deadline = time.monotonic() + 30  # the workers notice the job is gone and exit
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers):
+    while any(_alive(p) for p in workers):
         assert time.monotonic() < deadline, "worker processes outlived the killed job"
         time.sleep(0.2)
     done = _done(out)
