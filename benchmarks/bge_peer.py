@@ -238,7 +238,8 @@ def cmd_fidelity(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ref = Embedder.load(paths["fp32 file"], threads=args.threads)
     _, a, b = read_sts(Path(args.stsb))
     sets = {"STS-B test sentences": list(dict.fromkeys(a + b)),
-            "msmarco passages (all 5k)": list(read_beir(Path(args.beir), "test")[0].values())}
+            f"msmarco passages (first {args.passages})": list(read_beir(Path(args.beir), "test")[0].values())[
+                :args.passages]}
     if args.probes:
         sets["probe texts"] = [ln for ln in Path(args.probes).read_text().splitlines()
                                if ln.strip() and not ln.startswith("#")]
@@ -273,6 +274,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5, help="profile: batches profiled per model")
     p.add_argument("--texts", type=int, default=256, help="speed: texts per workload")
     p.add_argument("--latency-texts", type=int, default=32, help="speed: texts timed one at a time")
+    p.add_argument("--passages", type=int, default=1000, help="fidelity: msmarco passages compared")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = Path(args.out)

@@ -27,6 +27,8 @@ __all__ = ["GraphFacts", "check_graph", "locate", "prepare_from_onnx"]
 DEFAULT_MAX_LENGTH = 512
 FED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what edge_embed.Embedder feeds
 HIDDEN_STATE = "last_hidden_state"
+# per-token activation scales (int8.per_token_model) need opset 13; hub exports are often 11
+MIN_OPSET, CONVERT_TO_OPSET = 13, 14
 # where the hub's ONNX layout keeps the fp32 graph, in the order they are tried
 HUB_ONNX_FILES = ("onnx/model.onnx", "model.onnx")
 
@@ -187,6 +189,27 @@ def _attention_heads(model: Path) -> int | None:
     return None
 
 
+def raise_opset(model: Path) -> int | None:
+    """Convert model in place to CONVERT_TO_OPSET when its default-domain opset is below MIN_OPSET
+    (onnx's version converter; run after fusion, so only standard ops are left to convert);
+    returns the opset it had, or None when it needed nothing or could not be converted."""
+    import onnx
+    from onnx import version_converter
+
+    m = onnx.load(str(model))
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= MIN_OPSET:
+        return None
+    try:
+        converted = version_converter.convert_version(m, CONVERT_TO_OPSET)
+    except Exception as e:  # the converter raises plain RuntimeError/ValueError per op
+        sys.stderr.write(f"edge-embed build: {model.name}: opset {opset} kept ({type(e).__name__}: {e}); "
+                         "per-token quantization needs opset 13\n")
+        return None
+    onnx.save(converted, str(model))
+    return opset
+
+
 def prepare_from_onnx(onnx_path: Path, tokenizer_path: Path, work: Path, max_length: int | None,
                       fuse: bool = True, dim: int | None = None, recipe: str | None = None) -> dict[str, Any]:
     """Check, copy/fuse the fp32 graph and configure the tokenizer in work/; return what the build needs.
@@ -226,6 +249,9 @@ def prepare_from_onnx(onnx_path: Path, tokenizer_path: Path, work: Path, max_len
             fused = {**fused, "attention_heads": _attention_heads(fp32) or 0}
     if not fp32.is_file():
         shutil.copyfile(onnx_path, fp32)
+    was = raise_opset(fp32)
+    if was is not None:
+        fused = {**fused, "opset_converted_from": was, "opset": CONVERT_TO_OPSET}
     return {
         "fp32_model": fp32,
         "tokenizer": work / "tokenizer.json",

@@ -75,7 +75,10 @@ def test_recipe_build_records_the_recipe_and_the_files(bge: tuple[Path, Path, st
         assert m.source["model_id"] == "BAAI/bge-small-en-v1.5" and m.source["recipe"] == "bge-small-en-v1.5"
         assert (m.source["onnx_sha256"], m.source["tokenizer_sha256"]) == (ONNX_SHA256, TOKENIZER_SHA256)
     m = Manifest.read(int8)
-    assert m.quantization["graph_fusion"]["Attention"] == 12 and m.quantization["graph_fusion"]["attention_heads"] == 12
+    fusion = m.quantization["graph_fusion"]
+    assert fusion["Attention"] == 12 and fusion["attention_heads"] == 12
+    # the hub export is opset 11; per-token activation scales need 13
+    assert (fusion["opset_converted_from"], fusion["opset"]) == (11, 14)
     # the recipe's thresholds, untouched by the command line, judged the build
     v = json.loads((int8 / "validation.json").read_text())
     assert v["passed"] is True and v["probes"]["count"] == 20
