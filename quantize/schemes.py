@@ -170,14 +170,15 @@ class NBits:
         keep = sorted(_split_names(fp32_nodes))
         cfg = DefaultWeightOnlyQuantConfig(block_size=self.block_size, is_symmetric=True, accuracy_level=4, bits=8,
                                            op_types_to_quantize=("MatMul",))
-        logging.disable(logging.INFO)  # one line per node otherwise
+        previous = logging.root.manager.disable  # a caller may have disabled logging already
+        logging.disable(max(previous, logging.INFO))  # one line per node otherwise
         try:
             q = MatMulNBitsQuantizer(onnx.load(str(split)), bits=8, block_size=self.block_size, is_symmetric=True,
                                      accuracy_level=4, nodes_to_exclude=keep, op_types_to_quantize=("MatMul",),
                                      algo_config=cfg)
             q.process()
         finally:
-            logging.disable(logging.NOTSET)
+            logging.disable(previous)
         nb = work / "nbits.onnx"
         q.model.save_model_to_file(str(nb), use_external_data_format=False)
         facts = _weight_only_rest(nb, dst, target, per_channel, fp32_nodes)
