@@ -4,10 +4,12 @@ Requests are split: each micro-batch (at most ``batch_size`` texts and ``max_bat
 tokens: one ``Embedder.embed_detailed`` call per prompt, in one inference thread) takes
 texts round-robin across the queued requests, one text from each in turn. A 1-text
 request arriving behind a 512-text one therefore waits for the micro-batch being computed
-and rides in the next, instead of waiting for all 512 texts; under load, micro-batches
-fill up with texts of many requests. A request's texts are handed out longest first, so
-a micro-batch holds texts of similar length (little padding), and each request gets
-exactly its own vectors back, in its order, once all its texts are done.
+and rides in the next, instead of waiting for all 512 texts; the requests a micro-batch
+completes run first, in a run of their own, so the short request's answer does not wait
+for the long one's share. Under load, micro-batches fill up with texts of many requests.
+A request's texts are handed out longest first, so a micro-batch holds texts of similar
+length (little padding), and each request gets exactly its own vectors back, in its
+order, once all its texts are done.
 
 There is no fixed batching delay: a lone request runs at once, and only under steady load
 does the worker wait a moment (``batch_wait_ms``) for the clients it just answered to send
@@ -232,7 +234,6 @@ class Scheduler:
         return list(picked.items())
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self.jobs:
                 if self._closing:
@@ -244,33 +245,42 @@ class Scheduler:
             pieces = self._take()
             if not pieces:
                 continue
-            n_texts = sum(len(idx) for _, idx in pieces)
-            self._last_texts = n_texts
-            t0 = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self.executor, self._infer, pieces)
-            except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
-                raise
-            except BaseException as e:  # noqa: BLE001 - a 500 for each waiting request (pyo3 panics included);
-                log.exception("micro-batch failed")  # the scheduler itself must outlive it
-                results = [e] * len(pieces)
-            took = time.perf_counter() - t0
-            self.metrics.inference.observe(took)
-            self.metrics.batch_size.observe(n_texts)
-            self.metrics.batch_requests.observe(len(pieces))
-            self.metrics.batch_tokens.observe(sum(job.weights[i] for job, idx in pieces for i in idx))
-            log.debug("micro-batch: %d texts of %d requests (%s) in %.3f s", n_texts, len(pieces),
-                      ",".join(str(len(idx)) for _, idx in pieces), took)
-            for (job, idx), res in zip(pieces, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(res, BaseException):
-                    job.future.set_exception(res)
-                    continue
-                job.vectors[idx], job.tokens[idx] = res
-                job.left -= len(idx)
-                if not job.left:
-                    job.future.set_result((job.vectors, job.tokens))
+            self._last_texts = sum(len(idx) for _, idx in pieces)
+            # the requests this micro-batch completes run first, in a run of their own, and are
+            # answered before the rest: a short request does not wait for a long one's texts
+            finishing = [p for p in pieces if not p[0].waiting]
+            rest = [p for p in pieces if p[0].waiting]
+            for run in ([finishing, rest] if finishing and rest else [pieces]):
+                await self._compute(run)
+
+    async def _compute(self, pieces: list[_Piece]) -> None:
+        """One inference call in the inference thread; each request's share of it delivered."""
+        n_texts = sum(len(idx) for _, idx in pieces)
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer, pieces)
+        except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+            raise
+        except BaseException as e:  # noqa: BLE001 - a 500 for each waiting request (pyo3 panics included);
+            log.exception("micro-batch failed")  # the scheduler itself must outlive it
+            results = [e] * len(pieces)
+        took = time.perf_counter() - t0
+        self.metrics.inference.observe(took)
+        self.metrics.batch_size.observe(n_texts)
+        self.metrics.batch_requests.observe(len(pieces))
+        self.metrics.batch_tokens.observe(sum(job.weights[i] for job, idx in pieces for i in idx))
+        log.debug("micro-batch: %d texts of %d requests (%s) in %.3f s", n_texts, len(pieces),
+                  ",".join(str(len(idx)) for _, idx in pieces), took)
+        for (job, idx), res in zip(pieces, results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(res, BaseException):
+                job.future.set_exception(res)
+                continue
+            job.vectors[idx], job.tokens[idx] = res
+            job.left -= len(idx)
+            if not job.left:
+                job.future.set_result((job.vectors, job.tokens))
 
     def _embed(self, texts: list[str], prompt: str | None) -> Result:
         res = self.embedder.embed_detailed(texts, prompt=prompt, batch_size=self.config.batch_size)

@@ -185,7 +185,7 @@ def test_short_request_rides_the_next_micro_batch_of_a_long_one(fp32: Embedder) 
             wait_for(lambda: len(s.scheduler.jobs) == 2)
             rec.gate.set()
             long_r, short_r = long.result(), short.result()
-        assert "just one question" in rec.texts[1]
+        assert rec.texts[1] == ["just one question"]  # the request it completes runs first, on its own
         assert len(rec.texts) > 4 and max(len(t) for t in rec.texts) < len(long_texts)
         assert long_r.status_code == short_r.status_code == 200
         np.testing.assert_allclose(np.array(long_r.json()), fp32.embed(long_texts), atol=1e-5)
