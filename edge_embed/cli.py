@@ -490,8 +490,11 @@ def add_serve_parser(sub: Any) -> None:
                    help="texts per micro-batch: one ONNX Runtime run (32)")
     s.add_argument("--batch-wait-ms", type=float, default=env("EDGE_EMBED_BATCH_WAIT_MS", "2"),
                    help="under steady load, wait up to this long for the next micro-batch to fill (2; 0 = off)")
-    s.add_argument("--long-text", choices=("truncate", "error"), default=env("EDGE_EMBED_LONG_TEXT", "truncate"),
-                   help="texts over max_length: truncate them, or answer 422 (a request's truncate field overrides)")
+    s.add_argument("--long-text", choices=("truncate", "error", "window"),
+                   default=env("EDGE_EMBED_LONG_TEXT", "truncate"),
+                   help="texts over max_length: truncate, answer 422, or embed overlapping windows and average "
+                        "them (a request's truncate field overrides: false = 422, true = truncate)")
+    add_load_arguments(s)
     s.add_argument("--header-timeout", type=float, default=env("EDGE_EMBED_HEADER_TIMEOUT", "10"),
                    help="seconds to receive a request's headers before 408 and close (10)")
     s.add_argument("--body-timeout", type=float, default=env("EDGE_EMBED_BODY_TIMEOUT", "30"),

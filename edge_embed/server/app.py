@@ -179,10 +179,16 @@ class _Service:
         data = await run_in_threadpool(decode_json, body)
         return parse(model, data, max_inputs=self.config.max_inputs)
 
-    def _measure(self, texts: list[str], prompt: str | None) -> tuple[list[int], list[int]]:
-        """Tokens each text costs a micro-batch (after truncation), and which texts are over max_length."""
+    def _measure(self, texts: list[str], prompt: str | None, mode: str) -> tuple[list[int], list[int]]:
+        """Tokens each text costs a micro-batch, and which texts are over max_length.
+
+        In window mode a text costs all its tokens (its windows run in one micro-batch).
+        """
         encs = self.embedder.tokenize(texts, prompt)
-        return [len(e.ids) for e in encs], [i for i, e in enumerate(encs) if e.overflowing]
+        over = [i for i, e in enumerate(encs) if e.overflowing]
+        if mode == "window" and over:
+            return self.embedder.token_count(texts, prompt), over
+        return [len(e.ids) for e in encs], over
 
     async def _embed(self, texts: list[str], prompt: str | None, truncate: bool | None, key: str) -> Result:
         emb = self.embedder
@@ -190,22 +196,22 @@ class _Service:
             known = ", ".join(sorted(emb.manifest.prompts)) or "none"
             raise HTTPError(422, f"prompt_name: {prompt!r} is not in this bundle's prompts (known: {known})",
                             param="prompt_name")
-        weights, over = await run_in_threadpool(self._measure, texts, prompt)
-        refuse = truncate is False or (truncate is None and self.config.long_text == "error")
-        if over and refuse:
+        mode = {False: "error", True: "truncate", None: self.config.long_text}[truncate]
+        weights, over = await run_in_threadpool(self._measure, texts, prompt, mode)
+        if over and mode == "error":
             raise HTTPError(422, f"{key}[{over[0]}]: over max_length={emb.max_length} tokens ({len(over)} of "
                                  f"{len(texts)} texts are); shorten them or allow truncation", param=key)
         if self.scheduler is None:
             raise HTTPError(503, "server: not started", kind="server_error")
         try:
-            vectors, tokens = await self.scheduler.submit(texts, prompt, weights)
+            vectors, tokens = await self.scheduler.submit(texts, prompt, weights, mode)
         except QueueFull:
             raise HTTPError(503, f"server: queue full ({self.config.queue_size} texts waiting, --queue-size); "
                                  "retry later", kind="server_error",
                             headers={"Retry-After": str(self.config.retry_after)}) from None
         self.metrics.texts.inc(len(texts))
         self.metrics.tokens.inc(int(tokens.sum()))
-        self.metrics.truncated.inc(len(over))
+        self.metrics.truncated.inc(len(over) if mode == "truncate" else 0)
         return vectors, tokens
 
     # ---- routes
@@ -261,7 +267,7 @@ class _Service:
         return JSONResponse(Info(
             model_id=self.model_name, source=_without_paths(m.source), dim=m.dim, max_length=m.max_length,
             pooling=m.pooling, normalize=m.normalize, prompts=m.prompts, quantization=_without_paths(m.quantization),
-            format=m.format,
+            format=m.format, digest=m.digest,
             versions={"edge_embed": __version__, "onnxruntime": onnxruntime.__version__,
                       "tokenizers": tokenizers.__version__, "python": sys.version.split()[0]},
             limits=limits, auth=self._key is not None,

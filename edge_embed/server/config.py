@@ -14,7 +14,7 @@ from ..errors import InputError
 
 __all__ = ["LONG_TEXT_MODES", "ServerConfig", "config_from_args"]
 
-LONG_TEXT_MODES = ("truncate", "error")
+LONG_TEXT_MODES = ("truncate", "error", "window")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ServerConfig:
     body_timeout: float = 30.0  # seconds to receive a whole request body
     keep_alive_timeout: float = 5.0  # idle seconds before a keep-alive connection is closed
     max_connections: int = 512  # open connections; beyond it new ones get 503 and are closed
-    long_text: str = "truncate"  # texts over max_length: "truncate" or "error" (per request: truncate=false)
+    long_text: str = "truncate"  # texts over max_length: "truncate", "error" or "window" (Embedder's long_text)
 
     def check(self) -> None:
         for name in ("max_batch_tokens", "max_inputs", "max_body_bytes", "max_drain_bytes", "queue_size",

@@ -74,7 +74,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError("serve: no bundle; pass -m BUNDLE or set EDGE_EMBED_MODEL")
     level = args.log_level
     logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    embedder = Embedder.load(model, threads=args.threads, model_format=args.model_format)
+    embedder = Embedder.load(model, threads=args.threads, model_format=args.model_format,
+                             verify=getattr(args, "verify", True), digest=getattr(args, "digest", None))
     app = create_app(embedder, config)
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]

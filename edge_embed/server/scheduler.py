@@ -57,6 +57,7 @@ class _Job:
     texts: list[str]
     prompt: str | None
     weights: list[int]
+    long_text: str  # Embedder.embed_detailed's long_text: "truncate" or "window" ("error" is checked before)
     future: asyncio.Future[Result]
     vectors: npt.NDArray[np.float32]
     tokens: npt.NDArray[np.int64] = field(init=False)
@@ -153,7 +154,8 @@ class Scheduler:
                 await self._task
         self.executor.shutdown(wait=True)
 
-    async def submit(self, texts: list[str], prompt: str | None, weights: list[int]) -> Result:
+    async def submit(self, texts: list[str], prompt: str | None, weights: list[int],
+                     long_text: str = "truncate") -> Result:
         """Queue one request's texts (``weights``: tokens per text); its vectors and tokens, in order."""
         if self._closing or self._refusing or not self.alive:
             raise HTTPError(503, "server: shutting down; retry on another instance", kind="server_error",
@@ -161,7 +163,7 @@ class Scheduler:
         if self.queued_texts + len(texts) > self.config.queue_size:
             raise QueueFull()
         loop = asyncio.get_running_loop()
-        job = _Job(texts, prompt, weights, loop.create_future(),
+        job = _Job(texts, prompt, weights, "window" if long_text == "window" else "truncate", loop.create_future(),
                    np.empty((len(texts), self.embedder.dim), dtype=np.float32))
         self.jobs.append(job)
         self._unfinished.add(job)
@@ -282,26 +284,28 @@ class Scheduler:
             if not job.left:
                 job.future.set_result((job.vectors, job.tokens))
 
-    def _embed(self, texts: list[str], prompt: str | None) -> Result:
-        res = self.embedder.embed_detailed(texts, prompt=prompt, batch_size=self.config.batch_size)
+    def _embed(self, texts: list[str], key: tuple[str | None, str]) -> Result:
+        prompt, long_text = key
+        res = self.embedder.embed_detailed(texts, prompt=prompt, batch_size=self.config.batch_size,
+                                           long_text=long_text)
         return res.vectors, res.tokens
 
     def _infer(self, pieces: list[_Piece]) -> list[Any]:
-        """Runs in the inference thread: one embed_detailed call per prompt in the micro-batch."""
-        groups: dict[str | None, list[_Piece]] = {}
+        """Runs in the inference thread: one embed_detailed call per (prompt, long_text) in the micro-batch."""
+        groups: dict[tuple[str | None, str], list[_Piece]] = {}
         for piece in pieces:
-            groups.setdefault(piece[0].prompt, []).append(piece)
+            groups.setdefault((piece[0].prompt, piece[0].long_text), []).append(piece)
         out: dict[int, Any] = {}
-        for prompt, group in groups.items():
+        for key, group in groups.items():
             texts = [job.texts[i] for job, idx in group for i in idx]
             try:
-                vectors, tokens = self._embed(texts, prompt)
+                vectors, tokens = self._embed(texts, key)
             except Exception:  # noqa: BLE001 - isolate the request that fails, answer the others
                 if len(group) == 1:
                     raise
                 for job, idx in group:
                     try:
-                        out[id(job)] = self._embed([job.texts[i] for i in idx], prompt)
+                        out[id(job)] = self._embed([job.texts[i] for i in idx], key)
                     except Exception as err:  # noqa: BLE001
                         out[id(job)] = err
                 continue

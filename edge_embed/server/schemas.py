@@ -152,6 +152,7 @@ class Info(BaseModel):
     prompts: dict[str, str]
     quantization: dict[str, Any]
     format: str
+    digest: str = Field(description="sha256 of the bundle's manifest.json, as `edge-embed info` prints it")
     versions: dict[str, str]
     limits: dict[str, Any]
     auth: bool

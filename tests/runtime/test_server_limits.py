@@ -290,3 +290,31 @@ def test_a_panic_in_the_model_is_a_json_500_and_the_server_lives_on(int8: Embedd
         assert HTTP.get(s.url + "/health").status_code == 200
     finally:
         s.close()
+
+
+# ------------------------------------------------------------------ the runtime's load and long-text options
+def test_serve_refuses_a_bundle_with_another_digest(minilm_int8: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "-m", str(minilm_int8), "--digest", "sha256:" + "0" * 64, "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "digest" in err and len(err.strip().splitlines()) == 1
+
+
+def test_info_shows_the_bundle_digest(quick: LiveServer, minilm_int8: Path) -> None:
+    from edge_embed.manifest import manifest_digest
+
+    digest = manifest_digest((minilm_int8 / "manifest.json").read_bytes())
+    assert HTTP.get(quick.url + "/info").json()["digest"] == digest
+
+
+def test_long_text_window_mode(int8: Embedder) -> None:
+    s = LiveServer(int8, ServerConfig(long_text="window", warmup=False))
+    long = " ".join(f"sentence {i} about edge devices and quantized embeddings." for i in range(120))
+    try:
+        r = HTTP.post(s.url + "/embed", json={"inputs": [long]})
+        assert r.status_code == 200
+        np.testing.assert_allclose(np.array(r.json()), int8.embed([long], long_text="window"), atol=1e-5)
+        cut = HTTP.post(s.url + "/embed", json={"inputs": [long], "truncate": True})  # the request overrides
+        np.testing.assert_allclose(np.array(cut.json()), int8.embed([long]), atol=1e-5)
+        assert HTTP.post(s.url + "/embed", json={"inputs": [long], "truncate": False}).status_code == 422
+    finally:
+        s.close()
