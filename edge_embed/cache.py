@@ -49,9 +49,12 @@ def resolve_bundle(name_or_path: str | os.PathLike[str]) -> Path:
     if path.exists():
         return path
     text = str(name_or_path)
-    if text.startswith((".", "/", "~")) or text.endswith(".edgeembed") or os.sep in text.replace("/", ""):
+    if text.startswith((".", "/", "~")) or text.endswith(".edgeembed") or "\\" in text:
         raise BundleError(f"{text}: no such bundle; build one with 'edge-embed build' or check the path")
     cached = cache_dir() / cache_name(text)
+    if not cached.exists() and path.parent != Path(".") and path.parent.is_dir():
+        # a path whose folder exists (models/typo) is a missing bundle, not a hub id
+        raise BundleError(f"{text}: no such bundle; build one with 'edge-embed build' or check the path")
     if not cached.exists():
         raise BundleError(f"{text}: no bundle built for it in {cache_dir()} (${HOME_ENV}); build one with "
                           f"'edge-embed build {text}' (or pass a bundle directory)")

@@ -57,6 +57,9 @@ def test_missing_bundle_prints_the_build_command(home: Path) -> None:
         SentenceTransformer("bge-base-en-v1.5")
     with pytest.raises(BundleError, match="no such bundle"):
         SentenceTransformer("./no/such/dir")
+    (home.parent / "models").mkdir()
+    with pytest.raises(BundleError, match="models/minilm-typo: no such bundle"):
+        SentenceTransformer(str(home.parent / "models" / "minilm-typo"))
 
 
 def test_hub_id_recipe_name_path_and_packed_file_all_load(cached: Path, minilm_int8: Path, tmp_path: Path) -> None:
