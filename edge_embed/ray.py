@@ -16,6 +16,7 @@ shards the way the local corpus job does. Needs the ``ray`` extra; imports ray o
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -163,8 +164,24 @@ def _read(ray: Any, src: Any) -> Any:
         return ray.data.read_csv(path, convert_options=pa.csv.ConvertOptions(
             column_types={k: pa.string() for k in names}), **any_name)
     if src.format == "jsonl":
-        return ray.data.read_json(path, lines=True, **any_name)
+        # parsed with json like the local reader: Ray's JSON reader turns digit-string ids into integers
+        lines = ray.data.read_text(path, drop_empty_lines=True, num_cpus=0)
+        return lines.map_batches(_JsonFields(src.text_field, src.id_field), num_cpus=0)
     return ray.data.read_text(path, drop_empty_lines=False, num_cpus=0)
+
+
+class _JsonFields:
+    """JSON lines -> the text and id columns, values as json gives them (picklable for Ray)."""
+
+    def __init__(self, text_field: str, id_field: str | None) -> None:
+        self.text_field, self.id_field = text_field, id_field
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        recs = [json.loads(line) for line in batch["text"] if line.strip()]
+        out = {self.text_field: np.array([r.get(self.text_field) for r in recs], dtype=object)}
+        if self.id_field:
+            out[self.id_field] = np.array([r.get(self.id_field) for r in recs], dtype=object)
+        return out
 
 
 def embed_corpus_on_ray(input: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
