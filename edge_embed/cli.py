@@ -28,7 +28,7 @@ from . import __version__
 from .archive import is_archive, pack, read_archive
 from .cache import HOME_ENV, cache_dir, cache_name
 from .embedder import LONG_TEXT, MODEL_FORMATS, Embedder
-from .errors import EdgeEmbedError, InputError
+from .errors import EdgeEmbedError, InputError, UsageError
 from .manifest import Manifest
 from .progress import Progress
 
@@ -37,10 +37,6 @@ __all__ = ["main"]
 MODEL_ENV = "EDGE_EMBED_MODEL"
 DIGEST_ENV = "EDGE_EMBED_DIGEST"
 Handler = Callable[[argparse.Namespace], int]
-
-
-class UsageError(InputError):
-    """A command line that asks for nothing sensible (a missing or contradictory flag): exit 2, like argparse."""
 
 
 def _err(msg: str) -> None:

@@ -6,7 +6,7 @@ onnxruntime, so the errors can be caught by code that never loads a model.
 
 from __future__ import annotations
 
-__all__ = ["BundleError", "EdgeEmbedError", "InputError", "SelfCheckError"]
+__all__ = ["BundleError", "EdgeEmbedError", "InputError", "SelfCheckError", "UsageError"]
 
 
 class EdgeEmbedError(Exception):
@@ -19,6 +19,11 @@ class BundleError(EdgeEmbedError):
 
 class InputError(EdgeEmbedError, ValueError):
     """The caller passed something embed() can't use."""
+
+
+class UsageError(InputError):
+    """A command line or build plan that asks for nothing sensible (a missing, unknown or contradictory
+    option): the CLI exits 2 on it, like argparse."""
 
 
 class SelfCheckError(EdgeEmbedError):

@@ -20,15 +20,19 @@ if _missing:
         + EXTRA_HINT + " (or, to build from an existing ONNX export without torch: pip install 'edge-embed[onnx]')"
     )
 
-from edge_embed.errors import EdgeEmbedError  # noqa: E402
+from edge_embed.errors import EdgeEmbedError, UsageError  # noqa: E402
 
 
 class BuildError(EdgeEmbedError):
     """A build step failed: bad source, recipe, export or quantization."""
 
 
+class FlagError(BuildError, UsageError):
+    """A build request whose options contradict each other or name nothing known (the CLI exits 2)."""
+
+
 class DriftError(BuildError):
     """The quantized model drifted past the recipe's fidelity thresholds."""
 
 
-__all__ = ["BuildError", "DriftError"]
+__all__ = ["BuildError", "DriftError", "FlagError"]

@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from . import BuildError
+from . import BuildError, FlagError
 
 __all__ = ["CALIBRATION_METHODS", "GATE", "PRESETS", "TARGETS", "count_activation_quantizers", "detect_target",
            "emulated_quantization_model", "per_token_model", "weighted_matmuls",
@@ -51,7 +51,7 @@ def detect_target() -> str:
 def preset(target: str | None) -> tuple[str, dict[str, Any]]:
     name = target or detect_target()
     if name not in PRESETS:
-        raise BuildError(f"--target: {name!r} is not one of {', '.join(TARGETS)}")
+        raise FlagError(f"--target: {name!r} is not one of {', '.join(TARGETS)}")
     return name, dict(PRESETS[name])
 
 
@@ -160,7 +160,7 @@ def quantize_static_int8(src: Path, dst: Path, reader: Any, cache: Path, calibra
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     if calibration_method not in CALIBRATION_METHODS:
-        raise BuildError(f"--calibration-method: {calibration_method!r} is not one of "
+        raise FlagError(f"--calibration-method: {calibration_method!r} is not one of "
                          f"{', '.join(CALIBRATION_METHODS)}")
     name, p = preset(target)
     calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import BuildError
+from . import BuildError, FlagError
 from .calibration import DEFAULT_SIZE, CalibrationSet, load_calibration
 from .from_onnx import locate
 from .int8 import CALIBRATION_METHODS, preset
@@ -87,40 +87,40 @@ class BuildPlan:
 
     def _check_flags(self) -> None:
         if self.method not in METHODS:
-            raise BuildError(f"--method: {self.method!r} is not one of {', '.join(METHODS)}")
+            raise FlagError(f"--method: {self.method!r} is not one of {', '.join(METHODS)}")
         if self.scheme is not None:
             from .schemes import SCHEMES
 
             if self.scheme not in SCHEMES:
-                raise BuildError(f"--scheme: {self.scheme!r} is not one of {', '.join(SCHEMES)}")
+                raise FlagError(f"--scheme: {self.scheme!r} is not one of {', '.join(SCHEMES)}")
             if self.method not in ("auto", "dynamic") or self.tuner != "ort":
                 got = f"--method {self.method}" + (f" --tuner {self.tuner}" if self.tuner != "ort" else "")
-                raise BuildError(f"--scheme: chooses the INT8 scheme of --method auto or dynamic (got {got})")
+                raise FlagError(f"--scheme: chooses the INT8 scheme of --method auto or dynamic (got {got})")
         if self.tuner not in TUNERS:
-            raise BuildError(f"--tuner: {self.tuner!r} is not one of {', '.join(TUNERS)}")
+            raise FlagError(f"--tuner: {self.tuner!r} is not one of {', '.join(TUNERS)}")
         if self.tuner == "inc":
             if self.method != "auto":
-                raise BuildError(f"--tuner inc: tunes --method auto only (got --method {self.method})")
+                raise FlagError(f"--tuner inc: tunes --method auto only (got --method {self.method})")
             from .inc import require
 
             require()  # a missing extra is one clear line
         if self.method == "static":
             if not self.calibration:
-                raise BuildError("--method static: needs --calibration FILE (texts from your own corpus, one per "
+                raise FlagError("--method static: needs --calibration FILE (texts from your own corpus, one per "
                                  "line or JSONL with a 'text' field); or use --method auto, which needs none")
             if self.calibration_method not in CALIBRATION_METHODS:
-                raise BuildError(f"--calibration-method: {self.calibration_method!r} is not one of "
+                raise FlagError(f"--calibration-method: {self.calibration_method!r} is not one of "
                                  f"{', '.join(CALIBRATION_METHODS)}")
         elif self.calibration:
-            raise BuildError(f"--calibration: only --method static uses a calibration set "
+            raise FlagError(f"--calibration: only --method static uses a calibration set "
                              f"(got --method {self.method})")
         if self.method == "fp32" and (self.eval_sts or self.eval_beir):
-            raise BuildError("--eval-sts/--eval-beir: compare INT8 with fp32; --method fp32 has nothing to compare")
+            raise FlagError("--eval-sts/--eval-beir: compare INT8 with fp32; --method fp32 has nothing to compare")
         if self.method == "fp32" and self.fp32_out:
-            raise BuildError("--fp32-out: with --method fp32 the output already is the fp32 bundle; "
+            raise FlagError("--fp32-out: with --method fp32 the output already is the fp32 bundle; "
                              "drop --fp32-out")
         if self.source is None and self.from_onnx is None:
-            raise BuildError("build: give a SOURCE (recipe, model directory or hub id) or --from-onnx PATH "
+            raise FlagError("build: give a SOURCE (recipe, model directory or hub id) or --from-onnx PATH "
                              "(with a recipe name as SOURCE, or --pooling)")
 
     def _resolve_recipe(self) -> tuple[Recipe, str]:

@@ -53,7 +53,7 @@ def test_tuner_inc_tunes_auto_only(tmp_path: Path, capsys: pytest.CaptureFixture
     from edge_embed.cli import main
 
     code = main(["build", "all-minilm-l6-v2", "--method", "dynamic", "--tuner", "inc", "-o", str(tmp_path / "x")])
-    assert code == 1 and "--tuner inc: tunes --method auto only" in capsys.readouterr().err
+    assert code == 2 and "--tuner inc: tunes --method auto only" in capsys.readouterr().err
 
 
 def test_score_is_one_exactly_when_the_thresholds_hold() -> None:

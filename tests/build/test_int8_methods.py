@@ -84,7 +84,7 @@ def test_static_bad_calibration_fails_before_any_work(tmp_path: Path, tiny_bert_
 
 def test_static_without_calibration_is_a_usage_error(tmp_path: Path, tiny_bert_dir: Path) -> None:
     r = run_cli("build", str(tiny_bert_dir), "--method", "static", "-o", str(tmp_path / "x"))
-    assert r.returncode == 1 and "--calibration FILE" in r.stderr
+    assert r.returncode == 2 and "--calibration FILE" in r.stderr
 
 
 @pytest.mark.parametrize("method", ["dynamic", "auto", "static"])

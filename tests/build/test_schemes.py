@@ -65,8 +65,8 @@ def test_batch_independent_schemes_embed_a_text_alike_alone_and_in_any_batch(
 
 def test_scheme_flag_is_checked_before_any_work(tmp_path: Path) -> None:
     r = run_cli("build", "all-minilm-l6-v2", "--scheme", "nbits3", "-o", str(tmp_path / "x"))
-    assert r.returncode == 1 and "--scheme: 'nbits3' is not one of" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--scheme: 'nbits3' is not one of" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("build", "all-minilm-l6-v2", "--scheme", "per-token-all", "--method", "fp32", "-o",
                 str(tmp_path / "x"))
-    assert r.returncode == 1 and "--scheme: chooses the INT8 scheme" in r.stderr
+    assert r.returncode == 2 and "--scheme: chooses the INT8 scheme" in r.stderr
     assert not (tmp_path / "x").exists()
