@@ -109,7 +109,7 @@ class EdgeEmbed:
             import ray
 
             if ray.is_initialized():
-                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")  # type: ignore[no-untyped-call]
+                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
                 return max(1, int(cpus)) if cpus else 1
         except ImportError:
             pass
