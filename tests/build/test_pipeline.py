@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from edge_embed import Embedder, Manifest
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_manifest
 
 
 def test_fp32_onnx_matches_pytorch_reference(minilm_fp32: Path) -> None:
@@ -169,6 +170,7 @@ def test_batch_independence_catches_per_batch_activation_scales(minilm_fp32: Pat
     shutil.copytree(minilm_fp32, dyn)
     quantize_dynamic_int8(minilm_fp32 / "model.onnx", dyn / "model.onnx")
     m = json.loads((dyn / "manifest.json").read_text())
-    m["files"]["model.onnx"]["bytes"] = (dyn / "model.onnx").stat().st_size
-    (dyn / "manifest.json").write_text(json.dumps(m))
+    data = (dyn / "model.onnx").read_bytes()
+    m["files"]["model.onnx"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    write_manifest(dyn, m)
     assert batch_independence(Embedder.load(dyn), texts) < 0.9999

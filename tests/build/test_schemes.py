@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_embed import Embedder
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_manifest
 
 
 def _with_model(fp32: Path, dst: Path, model: Path) -> Embedder:
@@ -21,7 +21,7 @@ def _with_model(fp32: Path, dst: Path, model: Path) -> Embedder:
     m = json.loads((dst / "manifest.json").read_text())
     data = (dst / "model.onnx").read_bytes()
     m["files"]["model.onnx"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (dst / "manifest.json").write_text(json.dumps(m))
+    write_manifest(dst, m)
     return Embedder.load(dst)
 
 

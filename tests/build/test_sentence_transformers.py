@@ -96,7 +96,7 @@ def test_build_without_output_goes_to_the_cache(tmp_path: Path, monkeypatch: pyt
 
     seen: list[str] = []
     monkeypatch.setenv("EDGE_EMBED_HOME", str(tmp_path))
-    monkeypatch.setattr(quantize.bundle, "build", lambda source, out, **kw: seen.append(str(out)) or {})
+    monkeypatch.setattr(quantize.bundle, "build", lambda plan: seen.append(str(plan.out)) or {})
     assert main(["build", "bge-base-en-v1.5"]) == 0
     assert main(["build", "BAAI/bge-base-en-v1.5"]) == 0
     assert seen == [str(tmp_path / "bge-base-en-v1.5")] * 2

@@ -154,4 +154,4 @@ def test_eval_cli_errors_are_one_line() -> None:
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "no such bundle" in r.stderr
     r = run_cli("eval", "-m", "/nonexistent/bundle")
-    assert r.returncode == 1 and "give --sts FILE and/or --beir DIR" in r.stderr
+    assert r.returncode == 2 and "give --sts FILE and/or --beir DIR" in r.stderr  # a usage error
