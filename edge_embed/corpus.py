@@ -43,7 +43,7 @@ from . import __version__
 from .archive import is_archive, read_archive
 from .embedder import Embedder
 from .errors import BundleError, EdgeEmbedError, InputError
-from .manifest import RANGES_KEY, Manifest
+from .manifest import RANGES_KEY, Manifest, sha256_file
 from .precision import PRECISIONS, quantize, ranges_array
 
 __all__ = [
@@ -264,17 +264,9 @@ def _pick_id(p: Path, fields: list[str], id_field: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------- fingerprints and the job manifest
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def input_fingerprint(path: Path) -> dict[str, Any]:
     st = path.stat()
-    return {"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
+    return {"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
 
 
 def bundle_manifest(bundle: str | os.PathLike[str]) -> Manifest:
@@ -294,7 +286,7 @@ def _same_input(recorded: dict[str, Any], path: Path) -> bool:
         return False
     if recorded.get("path") == str(path.resolve()) and recorded.get("mtime_ns") == st.st_mtime_ns:
         return True  # unchanged since the recorded hash: no need to read it again
-    return bool(recorded.get("sha256") == _sha256(path))
+    return bool(recorded.get("sha256") == sha256_file(path))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -11,7 +11,6 @@ reference. Does not export, download or guess pooling: the recipe or the caller 
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge_embed.manifest import sha256_file
 
 from . import BuildError
 
@@ -31,14 +32,6 @@ HIDDEN_STATE = "last_hidden_state"
 MIN_OPSET, CONVERT_TO_OPSET = 13, 14
 # where the hub's ONNX layout keeps the fp32 graph, in the order they are tried
 HUB_ONNX_FILES = ("onnx/model.onnx", "model.onnx")
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def locate(path: Path, tokenizer: Path | None) -> tuple[Path, Path]:
     """--from-onnx PATH [--tokenizer T] -> (the .onnx file, the tokenizer.json)."""
@@ -260,7 +253,7 @@ def prepare_from_onnx(onnx_path: Path, tokenizer_path: Path, work: Path, max_len
         "fused": fused,
         "source": {
             "onnx_file": onnx_path.name,
-            "onnx_sha256": _sha256(onnx_path),
-            "tokenizer_sha256": _sha256(tokenizer_path),
+            "onnx_sha256": sha256_file(onnx_path),
+            "tokenizer_sha256": sha256_file(tokenizer_path),
         },
     }
