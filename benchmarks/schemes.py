@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_embed import Embedder
+from edge_embed.manifest import DIGEST_NAME, digest_line
 from quantize.int8 import detect_target
 from quantize.schemes import SCHEMES
 from quantize.validate import batch_independence, compare, default_probes, embed_with_progress, load_probes
@@ -45,7 +46,9 @@ def make_bundle(fp32: Path, out: Path, name: str, target: str) -> Path:
     m["quantization"] = facts
     for extra in ("self_check", "int8_ranges"):  # measured on the fp32 model: not this one's
         m.pop(extra, None)
-    (dst / "manifest.json").write_text(json.dumps(m, indent=2))
+    raw = json.dumps(m, indent=2).encode("utf-8")  # with its checksum file, as a build writes it
+    (dst / "manifest.json").write_bytes(raw)
+    (dst / DIGEST_NAME).write_bytes(digest_line(raw))
     return dst
 
 
