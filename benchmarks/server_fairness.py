@@ -4,9 +4,11 @@ Starts the server on a free loopback port and reports, in one run:
 
 1. latency of 1-text requests sent one after another to an idle server (p50/p99);
 2. the same while 512-text requests are in flight back to back on another connection
-   (only samples sent and answered while a 512-text request was in flight count), with
-   the mean wall time of one micro-batch read from the server's /metrics; the goal is
-   p99 within 2x the idle p99 plus one micro-batch;
+   (only samples sent and answered while a 512-text request was in flight count); the
+   goal is p99 within 2x the idle p99 plus one micro-batch, the mean wall time of one
+   micro-batch of passages, read from the server's /metrics around one 128-text request
+   sent alone just before (the micro-batches of the phase itself include the 1-text
+   requests' own short runs, so their mean is also reported, not used);
 3. ``/health`` latency while one 8 MB text is being embedded;
 4. the time to embed one 5 MB text against one max_length-token text.
 
@@ -150,13 +152,13 @@ async def _health_during(host: str, port: int, text: str) -> tuple[list[float], 
     return latencies, took
 
 
-async def _time_one(host: str, port: int, text: str) -> float:
+async def _time_texts(host: str, port: int, texts: list[str]) -> float:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         t0 = time.perf_counter()
-        status, _ = await _post(reader, writer, host, "/embed", json.dumps({"inputs": [text]}).encode(), "")
+        status, _ = await _post(reader, writer, host, "/embed", json.dumps({"inputs": texts}).encode(), "")
         if status != 200:
-            raise SystemExit(f"a {len(text)}-character text answered {status}")
+            raise SystemExit(f"a request of {len(texts)} texts ({sum(map(len, texts))} characters) answered {status}")
         return time.perf_counter() - t0
     finally:
         writer.close()
@@ -191,6 +193,12 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, object]:
         finally:
             writer.close()
 
+    progress("one 128-text request alone (its micro-batches' mean time)")
+    before = await inference()
+    await _time_texts(host, port, passages[-128:])
+    after = await inference()
+    long_batch_s = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+
     progress("1-text requests while 512-text requests are in flight")
     before = await inference()
     busy, stop = asyncio.Event(), asyncio.Event()
@@ -209,13 +217,14 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, object]:
     progress("a 5 MB text against a max_length text")
     huge = _big_text(passages, 5 << 20)
     one_window = " ".join(passages)[: 4 * args.max_length_chars]  # well over max_length tokens, cut there
-    pairs = [(await _time_one(host, port, huge), await _time_one(host, port, one_window)) for _ in range(3)]
+    pairs = [(await _time_texts(host, port, [huge]), await _time_texts(host, port, [one_window])) for _ in range(3)]
 
     a, d = _summary(alone), _summary(during)
-    goal_ms = 2 * a["p99_ms"] + 1000 * batch_s
+    goal_ms = 2 * a["p99_ms"] + 1000 * long_batch_s
     return {
         "one_text_alone": a,
         "one_text_during_512": d,
+        "long_micro_batch_mean_ms": 1000 * long_batch_s,
         "micro_batch_mean_ms": 1000 * batch_s,
         "micro_batch_p99_at_most_s": batch_p99_s,
         "micro_batches": after[1] - before[1],
@@ -253,9 +262,11 @@ def main() -> int:
     a, d, h = report["one_text_alone"], report["one_text_during_512"], report["health_during_8mb"]
     print(f"1-text requests, idle server:       p50 {a['p50_ms']:7.1f} ms  p99 {a['p99_ms']:7.1f} ms  (n={a['n']})")
     print(f"1-text requests, 512-text in flight: p50 {d['p50_ms']:7.1f} ms  p99 {d['p99_ms']:7.1f} ms  (n={d['n']})")
-    print(f"  one micro-batch {report['micro_batch_mean_ms']:.1f} ms (mean of {report['micro_batches']:.0f}; "
-          f"99 % took <= {report['micro_batch_p99_at_most_s']:g} s); goal p99 <= 2 x idle p99 + one batch "
-          f"= {report['goal_p99_ms']:.1f} ms: {'met' if report['goal_met'] else 'NOT met'}")
+    print(f"  one micro-batch of passages (a 128-text request alone): {report['long_micro_batch_mean_ms']:.1f} ms; "
+          f"goal p99 <= 2 x idle p99 + one batch = {report['goal_p99_ms']:.1f} ms: "
+          f"{'met' if report['goal_met'] else 'NOT met'}")
+    print(f"  micro-batches in this phase, the 1-text runs included: mean {report['micro_batch_mean_ms']:.1f} ms "
+          f"over {report['micro_batches']:.0f}; 99 % took <= {report['micro_batch_p99_at_most_s']:g} s")
     print(f"  512-text request: median {report['request_512_median_s']:.2f} s over {report['requests_512']}")
     if h["n"]:
         print(f"/health while an 8 MB text is embedded: p50 {h['p50_ms']:.1f} ms  p99 {h['p99_ms']:.1f} ms  "

@@ -474,8 +474,9 @@ def add_serve_parser(sub: Any) -> None:
                    help="require 'Authorization: Bearer KEY' ($EDGE_EMBED_API_KEY; empty is an error)")
     s.add_argument("--api-key-file", default=env("EDGE_EMBED_API_KEY_FILE"), metavar="PATH",
                    help="read the key from a file, so it is not in the process list ($EDGE_EMBED_API_KEY_FILE)")
-    s.add_argument("--max-batch-tokens", type=int, default=env("EDGE_EMBED_MAX_BATCH_TOKENS", "8192"),
-                   help="tokens per micro-batch, taken round-robin from concurrent requests (8192)")
+    s.add_argument("--max-batch-tokens", type=int, default=env("EDGE_EMBED_MAX_BATCH_TOKENS", "2048"),
+                   help="padded tokens per micro-batch (rows x its longest text), taken round-robin from "
+                        "concurrent requests (2048)")
     s.add_argument("--max-inputs", type=int, default=env("EDGE_EMBED_MAX_INPUTS", "2048"),
                    help="texts per request (2048)")
     s.add_argument("--max-body-bytes", type=int, default=env("EDGE_EMBED_MAX_BODY_BYTES", str(8 << 20)),

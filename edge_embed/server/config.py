@@ -24,7 +24,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
-    max_batch_tokens: int = 8192  # tokens per micro-batch; requests are split to fit
+    max_batch_tokens: int = 2048  # padded tokens (rows x longest text) per micro-batch: bounds its time
     max_inputs: int = 2048  # texts per request: OpenAI's own limit (LangChain sends up to 1000)
     max_body_bytes: int = 8 * 1024 * 1024
     max_drain_bytes: int = 64 * 1024 * 1024  # an oversized body is read up to here so the client sees its 413

@@ -102,14 +102,16 @@ class Scheduler:
         return self._task is not None and not self._task.done()
 
     def warm_up(self) -> None:
-        """Run one full-size batch (batch_size x max_length tokens) before serving.
+        """Run the largest micro-batch the budgets allow (max_length-token texts) before serving.
 
         ONNX Runtime's CPU arena grows to the largest shape it has seen and keeps it; doing
         the largest shape first makes the server's memory flat from the first request on
-        instead of creeping up as longer batches happen to arrive.
+        instead of creeping up as longer batches happen to arrive. Within the token budget,
+        the widest shape (max_length) is the largest: attention grows with width squared.
         """
-        long_text = "edge " * (2 * self.embedder.max_length)
-        self.embedder.embed_detailed([long_text] * self.config.batch_size, batch_size=self.config.batch_size)
+        limit = self.embedder.max_length
+        rows = max(1, min(self.config.batch_size, self.config.max_batch_tokens // limit))
+        self.embedder.embed_detailed(["edge " * (2 * limit)] * rows, batch_size=rows)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -205,10 +207,13 @@ class Scheduler:
     def _take(self) -> list[_Piece]:
         """The next micro-batch: one text from each queued request in turn, up to the budgets.
 
+        The token budget counts padded tokens (rows x the longest text, plus the extra windows
+        of a window-mode text): what one ONNX Runtime run computes, so its time (the most a
+        short request waits behind a long one) is bounded whatever the mix of lengths.
         The first request served moves to the back, so no request is always first.
         """
-        budget, rows = self.config.max_batch_tokens, self.config.batch_size
-        used = 0
+        budget, rows, limit = self.config.max_batch_tokens, self.config.batch_size, self.embedder.max_length
+        width = extra = 0
         picked: dict[_Job, list[int]] = {}
         n = 0
         full = False
@@ -218,12 +223,14 @@ class Scheduler:
                 if not job.waiting or job.future.done():
                     continue
                 i = job.order[job.next]
-                if n and (n == rows or used + job.weights[i] > budget):
+                w = job.weights[i]
+                wider, more = max(width, min(w, limit)), extra + max(0, w - limit)
+                if n and (n == rows or (n + 1) * wider + more > budget):
                     full = True
                     break
                 picked.setdefault(job, []).append(i)
                 job.next += 1
-                used += job.weights[i]
+                width, extra = wider, more
                 n += 1
                 progressed = True
             if not progressed:
@@ -287,7 +294,7 @@ class Scheduler:
     def _embed(self, texts: list[str], key: tuple[str | None, str]) -> Result:
         prompt, long_text = key
         res = self.embedder.embed_detailed(texts, prompt=prompt, batch_size=self.config.batch_size,
-                                           long_text=long_text)
+                                           long_text=long_text, max_batch_tokens=self.config.max_batch_tokens)
         return res.vectors, res.tokens
 
     def _infer(self, pieces: list[_Piece]) -> list[Any]:

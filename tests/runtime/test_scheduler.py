@@ -1,0 +1,99 @@
+"""The server's scheduler on its own, over a fake model: which texts share a micro-batch.
+
+No model, no HTTP: a fake embedder records every call and returns vectors that name their
+text, so the test asserts the composition and order of micro-batches, never a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("prometheus_client", reason="needs the serve extra: pip install 'edge-embed[serve]'")
+
+from edge_embed.embedder import EmbedResult  # noqa: E402
+from edge_embed.server import ServerConfig  # noqa: E402
+from edge_embed.server.metrics import Metrics  # noqa: E402
+from edge_embed.server.scheduler import Scheduler  # noqa: E402
+
+MAX_LENGTH = 64
+
+
+class FakeEmbedder:
+    """Tokens per text = its number of words (capped at max_length); vector = (id, 1, 0, ...)."""
+
+    max_length = MAX_LENGTH
+    dim = 4
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()  # the first call waits for it: requests queue up meanwhile
+
+    @staticmethod
+    def tokens(text: str) -> int:
+        return min(len(text.split()), MAX_LENGTH)
+
+    def embed_detailed(self, texts: list[str], **kw: Any) -> EmbedResult:
+        self.calls.append(list(texts))
+        if len(self.calls) == 1 and not self.gate.wait(30):
+            raise RuntimeError("gate never opened")
+        vecs = np.zeros((len(texts), self.dim), dtype=np.float32)
+        vecs[:, 0] = [float(t.split()[0]) for t in texts]
+        vecs[:, 1] = 1
+        return EmbedResult(vecs, np.array([self.tokens(t) for t in texts], dtype=np.int64), 0)
+
+
+def text(i: int, words: int) -> str:
+    return " ".join([str(i)] + ["w"] * (words - 1))
+
+
+async def _serve(emb: FakeEmbedder, config: ServerConfig, requests: list[list[str]]) -> list[Any]:
+    sched = Scheduler(emb, config, Metrics())  # type: ignore[arg-type]
+    sched.start()
+    try:
+        hold = asyncio.ensure_future(sched.submit([text(-1, 1)], None, [1]))
+        while not emb.calls:
+            await asyncio.sleep(0.001)
+        tasks = [asyncio.ensure_future(sched.submit(r, None, [emb.tokens(t) for t in r])) for r in requests]
+        while len(sched.jobs) < len(requests):
+            await asyncio.sleep(0.001)
+        emb.gate.set()
+        await hold
+        return list(await asyncio.gather(*tasks))
+    finally:
+        emb.gate.set()
+        await sched.stop()
+
+
+def test_micro_batches_stay_within_the_padded_token_budget_and_answers_stay_in_order() -> None:
+    """The budget counts rows x the longest text of the batch, so a run of long texts holds few
+    rows and one of short texts many: every run stays within it, whatever the mix of lengths."""
+    emb = FakeEmbedder()
+    budget = 128
+    long_request = [text(i, [60, 3, 30, 8, 64, 1][i % 6]) for i in range(60)]
+    mixed = [text(100 + i, [2, 50][i % 2]) for i in range(10)]
+    answers = asyncio.run(_serve(emb, ServerConfig(max_batch_tokens=budget, batch_size=32, warmup=False),
+                                 [long_request, mixed]))
+    runs = emb.calls[1:]
+    for run in runs:
+        assert len(run) == 1 or len(run) * max(emb.tokens(t) for t in run) <= budget, run
+    assert sorted(t for run in runs for t in run) == sorted(long_request + mixed)  # each text once
+    assert max(len(r) for r in runs) > 8  # short texts do fill a run with many rows
+    for request, (vectors, tokens) in zip([long_request, mixed], answers, strict=True):
+        assert list(vectors[:, 0]) == [float(t.split()[0]) for t in request]
+        assert list(tokens) == [emb.tokens(t) for t in request]
+
+
+def test_a_short_request_runs_before_the_rest_of_the_long_one() -> None:
+    emb = FakeEmbedder()
+    long_request = [text(i, 40) for i in range(20)]
+    short = [text(999, 2)]
+    asyncio.run(_serve(emb, ServerConfig(max_batch_tokens=256, batch_size=32, warmup=False),
+                       [long_request, short]))
+    runs = emb.calls[1:]
+    assert runs[0] == short  # the request a micro-batch completes runs first, on its own
+    assert all(len(r) * 40 <= 256 for r in runs[1:])
