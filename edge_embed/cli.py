@@ -729,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(dynamic, per-token scales, MatMulNBits), then sensitive nodes kept fp32; "
                         "dynamic; static (needs --calibration); fp32")
     b.add_argument("--scheme", default=None,
-                   help="try this INT8 scheme alone: dynamic, per-token-all, nbits8-b32, nbits8-b64, nbits8-b128 "
+                   help="try this INT8 scheme alone: dynamic, per-token-all, per-token-asym, nbits8-b32, nbits8-b64, "
+                        "nbits8-b128 "
                         "(docs/fidelity.md)")
     b.add_argument("--tuner", default="ort", choices=("ort", "inc"),
                    help="auto's accuracy-aware search: ort (default, onnxruntime only) or inc "

@@ -297,24 +297,40 @@ def _weighted_matmuls(graph: Any) -> list[str]:
             and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT and len(inits[n.input[1]].dims) == 2]
 
 
-def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None = None) -> list[str]:
+def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None = None,
+                    asymmetric: bool = False) -> list[str]:
     """A copy of ``src`` where each listed MatMul runs in INT8 with one activation scale per token.
 
     onnxruntime's dynamic INT8 (DynamicQuantizeLinear) gives the whole activation tensor one
     scale. In many encoders a few tokens (separators, the first token) carry activations tens
     of times larger than the rest in a handful of channels; one shared scale then leaves the
     other tokens a few integer levels. Here each row (token) of the input gets its own
-    symmetric scale, from standard ops onnxruntime runs on every CPU:
+    scale, from standard ops onnxruntime runs on every CPU. Symmetric (the default):
 
         x2 = Reshape(x, [-1, K]); s = max(|x2|, axis=1) / 127            (per token, [M])
         q = QuantizeLinear(x2, s, 128, axis=0)                            (uint8, zero point 128)
         y = MatMulIntegerToFloat(q, Wq, 1, w_scale, 128) * s              (Wq: per-column int8)
         y = Reshape(y, shape(x)[:-1] + [N])
 
+    Weights are then the same per-channel symmetric INT8 as the dynamic quantizer's (7-bit
+    with the target's reduce_range).
+
+    ``asymmetric``: each row's [min, max] (widened to hold 0) maps onto 0..255 with its own
+    zero point z, and the weights keep all 8 bits. onnxruntime takes one zero point per
+    activation tensor only, so the rows' zero points are folded out after the product:
+
+        s = (max - min) / 255; z = round(-min / s)                       (per token)
+        y = MatMulIntegerToFloat(q, Wq, 1, w_scale, 0[, 128]) * s - (s z) * colsum(Wq) w_scale
+
+    On AVX2 without VNNI, u8 x s8 products are summed in pairs into saturating int16
+    (vpmaddubsw), which full-range activations and 8-bit int8 weights overflow. So the
+    weights are stored as uint8 with zero point 128 on every target: onnxruntime's u8 x u8
+    kernels widen to 16 bits first (or sum in 32) and cannot saturate, so a bundle built on a
+    VNNI machine gives the same vectors on an AVX2 laptop.
+
     Rows are quantized independently, so a token's result no longer depends on the other
-    texts in its batch. Weights are the same per-channel symmetric INT8 as the dynamic
-    quantizer's (7-bit with the target's reduce_range). Returns the converted node names;
-    nodes not listed are left for quantize_dynamic.
+    texts in its batch. Returns the converted node names; nodes not listed are left for
+    quantize_dynamic.
     """
     import numpy as np
     import onnx
@@ -330,12 +346,14 @@ def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None =
         raise BuildError(f"{src}: per-token INT8 needs ONNX opset >= 13, the model has {opset}")
     inits = {i.name: i for i in graph.initializer}
     wanted = set(nodes) & set(_weighted_matmuls(graph))
+    unsigned_weights = asymmetric
     pre = "edge_embed_pt"
     consts: dict[str, Any] = {f"{pre}_inv127": np.array(1 / 127, np.float32), f"{pre}_eps": np.array(1e-12, np.float32),
               f"{pre}_zero": np.array(0.0, np.float32), f"{pre}_128f": np.array(128.0, np.float32),
               f"{pre}_one": np.array(1.0, np.float32), f"{pre}_z": np.array(128, np.uint8),
               f"{pre}_flat": np.array([-1], np.int64), f"{pre}_axis": np.array([-1], np.int64),
-              f"{pre}_zero_i": np.array([0], np.int64)}
+              f"{pre}_zero_i": np.array([0], np.int64), f"{pre}_z0": np.array(0, np.uint8),
+              f"{pre}_inv255": np.array(1 / 255, np.float32)}
     new_inits = []
     converted: list[str] = []
     replaced_weights = set()
@@ -353,14 +371,18 @@ def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None =
             continue
         w = numpy_helper.to_array(inits[node.input[1]])
         k, n = w.shape
-        q, scale = _quant_weight(w, p["reduce_range"])
+        q, scale = _quant_weight(w, p["reduce_range"] and not asymmetric)
         t = f"{pre}_{len(converted)}"
         converted.append(node.name)
         replaced_weights.add(node.input[1])
-        new_inits += [numpy_helper.from_array(q.astype(np.int8), f"{t}_wq"),
+        codes = (q + 128).astype(np.uint8) if unsigned_weights else q.astype(np.int8)
+        new_inits += [numpy_helper.from_array(codes, f"{t}_wq"),
                       numpy_helper.from_array(scale.reshape(-1).astype(np.float32), f"{t}_ws"),
                       numpy_helper.from_array(np.array([-1, k], np.int64), f"{t}_2d"),
                       numpy_helper.from_array(np.array([n], np.int64), f"{t}_n")]
+        if asymmetric:  # each column's dequantized weight sum, to fold the rows' zero points out
+            new_inits.append(numpy_helper.from_array((q.sum(axis=0) * scale.reshape(-1)).astype(np.float32),
+                                                     f"{t}_cw"))
         x, y = node.input[0], node.output[0]
 
         def mk(op: str, ins: list[str], outs: list[str], tag: str, where: str = node.name, **kw: Any) -> Any:
@@ -374,24 +396,54 @@ def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None =
                 mk("Reshape", [x, f"{t}_2d"], [f"{t}_x2"], "flatten"),
                 reduce("ReduceMax", f"{t}_x2", f"{t}_max", f"{node.name}/per_token/max"),
                 reduce("ReduceMin", f"{t}_x2", f"{t}_min", f"{node.name}/per_token/min"),
-                mk("Neg", [f"{t}_min"], [f"{t}_negmin"], "neg"),
-                mk("Max", [f"{t}_max", f"{t}_negmin"], [f"{t}_absmax"], "absmax"),
-                mk("Mul", [f"{t}_absmax", f"{pre}_inv127"], [f"{t}_s0"], "scale"),
-                mk("Max", [f"{t}_s0", f"{pre}_eps"], [f"{t}_s"], "scale_floor"),  # an all-zero row
-                mk("Reshape", [f"{t}_s", f"{pre}_flat"], [f"{t}_s1"], "scale_1d"),
-                # QuantizeLinear wants a zero point per row: 128 each, shaped like the scales
-                mk("Mul", [f"{t}_s1", f"{pre}_zero"], [f"{t}_z0"], "zp_zero"),
-                mk("Add", [f"{t}_z0", f"{pre}_128f"], [f"{t}_z1"], "zp_128"),
-                mk("Cast", [f"{t}_z1"], [f"{t}_zp"], "zp_cast", to=onnx.TensorProto.UINT8),
+            ]
+            if asymmetric:
+                out_nodes += [
+                    mk("Max", [f"{t}_max", f"{pre}_zero"], [f"{t}_hi"], "hi"),
+                    mk("Min", [f"{t}_min", f"{pre}_zero"], [f"{t}_lo"], "lo"),
+                    mk("Sub", [f"{t}_hi", f"{t}_lo"], [f"{t}_span"], "span"),
+                    mk("Mul", [f"{t}_span", f"{pre}_inv255"], [f"{t}_s0"], "scale"),
+                    mk("Max", [f"{t}_s0", f"{pre}_eps"], [f"{t}_s"], "scale_floor"),  # an all-zero row
+                    mk("Div", [f"{t}_lo", f"{t}_s"], [f"{t}_lo_s"], "lo_over_scale"),
+                    mk("Neg", [f"{t}_lo_s"], [f"{t}_zf0"], "zp_float"),
+                    mk("Round", [f"{t}_zf0"], [f"{t}_zf"], "zp_round"),
+                    mk("Mul", [f"{t}_zf", f"{t}_s"], [f"{t}_zs"], "zp_times_scale"),
+                    mk("Reshape", [f"{t}_s", f"{pre}_flat"], [f"{t}_s1"], "scale_1d"),
+                    mk("Reshape", [f"{t}_zf", f"{pre}_flat"], [f"{t}_zf1"], "zp_1d"),
+                    mk("Cast", [f"{t}_zf1"], [f"{t}_zp"], "zp_cast", to=onnx.TensorProto.UINT8),
+                ]
+            else:
+                out_nodes += [
+                    mk("Neg", [f"{t}_min"], [f"{t}_negmin"], "neg"),
+                    mk("Max", [f"{t}_max", f"{t}_negmin"], [f"{t}_absmax"], "absmax"),
+                    mk("Mul", [f"{t}_absmax", f"{pre}_inv127"], [f"{t}_s0"], "scale"),
+                    mk("Max", [f"{t}_s0", f"{pre}_eps"], [f"{t}_s"], "scale_floor"),  # an all-zero row
+                    mk("Reshape", [f"{t}_s", f"{pre}_flat"], [f"{t}_s1"], "scale_1d"),
+                    # QuantizeLinear wants a zero point per row: 128 each, shaped like the scales
+                    mk("Mul", [f"{t}_s1", f"{pre}_zero"], [f"{t}_z0"], "zp_zero"),
+                    mk("Add", [f"{t}_z0", f"{pre}_128f"], [f"{t}_z1"], "zp_128"),
+                    mk("Cast", [f"{t}_z1"], [f"{t}_zp"], "zp_cast", to=onnx.TensorProto.UINT8),
+                ]
+            out_nodes += [
                 mk("QuantizeLinear", [f"{t}_x2", f"{t}_s1", f"{t}_zp"], [f"{t}_q"], "quantize", axis=0),
                 mk("Shape", [x], [f"{t}_shape"], "shape"),
                 mk("Slice", [f"{t}_shape", f"{pre}_zero_i", f"{pre}_flat"], [f"{t}_xshape"], "lead_dims"),
             ]
         a = shared[x]
+        a_zp = f"{pre}_z0" if asymmetric else f"{pre}_z"
+        out_nodes.append(helper.make_node(
+            "MatMulIntegerToFloat", [f"{a}_q", f"{t}_wq", f"{pre}_one", f"{t}_ws", a_zp]
+            + ([f"{pre}_z"] if unsigned_weights else []), [f"{t}_yw"], name=f"{node.name}/per_token/matmul",
+            domain="com.microsoft"))
+        if asymmetric:  # s (q - z) W = s (q W) - (s z) colsum(W)
+            out_nodes += [
+                mk("Mul", [f"{t}_yw", f"{a}_s"], [f"{t}_ys"], "rescale"),
+                mk("Mul", [f"{a}_zs", f"{t}_cw"], [f"{t}_corr"], "zp_correction"),
+                mk("Sub", [f"{t}_ys", f"{t}_corr"], [f"{t}_y2"], "zp_fold"),
+            ]
+        else:
+            out_nodes.append(mk("Mul", [f"{t}_yw", f"{a}_s"], [f"{t}_y2"], "rescale"))
         out_nodes += [
-            helper.make_node("MatMulIntegerToFloat", [f"{a}_q", f"{t}_wq", f"{pre}_one", f"{t}_ws", f"{pre}_z"],
-                             [f"{t}_yw"], name=f"{node.name}/per_token/matmul", domain="com.microsoft"),
-            mk("Mul", [f"{t}_yw", f"{a}_s"], [f"{t}_y2"], "rescale"),
             mk("Concat", [f"{a}_xshape", f"{t}_n"], [f"{t}_yshape"], "out_shape", axis=0),
             mk("Reshape", [f"{t}_y2", f"{t}_yshape"], [y], "unflatten"),
         ]

@@ -84,19 +84,28 @@ class PerToken:
     ratios: node -> the outlier ratio that earned it per-token scales; the other nodes keep
     onnxruntime's per-batch scales. everywhere: every weighted MatMul instead, attention
     projections split out of fused Attention first (int8.split_attention), so no activation
-    keeps a per-batch scale and vectors do not depend on their batch.
+    keeps a per-batch scale and vectors do not depend on their batch. asymmetric (with
+    everywhere): each token's own [min, max] and zero point, and 8-bit weights stored as
+    uint8 (onnxruntime's u8 x s8 kernel on AVX2 would saturate 8-bit int8 ones).
     """
 
     ratios: dict[str, float] = field(default_factory=dict)
     everywhere: bool = False
+    asymmetric: bool = False
 
     @property
     def name(self) -> str:
+        if self.asymmetric:
+            return "per-token-asym"
         return "per-token-all" if self.everywhere else "per-token"
 
     @property
     def batch_independent(self) -> bool:
         return self.everywhere
+
+    def __post_init__(self) -> None:
+        if self.asymmetric and not self.everywhere:
+            raise ValueError("PerToken: asymmetric scales are made for every MatMul (everywhere=True)")
 
     def quantize(self, fp32: Path, dst: Path, work: Path, target: str, per_channel: bool,
                  fp32_nodes: list[str], only: list[str] | None = None) -> dict[str, Any]:
@@ -111,11 +120,16 @@ class PerToken:
         else:
             nodes = [n for n in self.ratios if n not in fp32_nodes]
         pt = work / "per-token.onnx"
-        per_token_model(src, pt, nodes, target)
+        per_token_model(src, pt, nodes, target, asymmetric=self.asymmetric)
         if self.everywhere:
             facts = _weight_only_rest(pt, dst, target, per_channel, fp32_nodes)
             facts["activation_type"] = ("uint8, one scale per token computed at run time, every MatMul "
                                         "(attention projections split out of Attention)")
+        if self.asymmetric:
+            facts["activation_type"] = ("uint8, one scale and zero point per token (its own min and max) computed "
+                                        "at run time, every MatMul (attention projections split out of Attention)")
+            facts["weight_type"] = "uint8 per output channel, 8 bits, zero point 128 (onnxruntime's u8 x u8 kernel)"
+            facts["matmul_weight_bits"] = 8
         else:
             facts = quantize_dynamic_int8(pt, dst, target, per_channel, fp32_nodes, None)
             facts["activation_type"] = ("uint8, scales computed at run time: one per token for per_token_nodes, "
@@ -222,8 +236,10 @@ class Static:
 # MatMulNBits falls back to fp32 arithmetic on ARM cores without the dot-product extension
 # (Cortex-A72, a Raspberry Pi 4), so per-token scales come first everywhere.
 BATCH_INDEPENDENT: dict[str, tuple[Scheme, ...]] = {
-    target: (PerToken(everywhere=True), NBits(128), NBits(32)) for target in ("avx2", "avx512-vnni", "arm64")
+    target: (PerToken(everywhere=True), PerToken(everywhere=True, asymmetric=True), NBits(128), NBits(32))
+    for target in ("avx2", "avx512-vnni", "arm64")
 }
 # what --scheme may name: one scheme tried alone (still judged and, with auto, given fp32 nodes)
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (Dynamic(), PerToken(everywhere=True), NBits(32), NBits(64),
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (Dynamic(), PerToken(everywhere=True),
+                                                    PerToken(everywhere=True, asymmetric=True), NBits(32), NBits(64),
                                                     NBits(128))}

@@ -42,7 +42,7 @@ def test_split_attention_computes_what_fused_attention_does(minilm_fp32: Path, t
     assert float(np.abs(got - want).max()) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["per-token-all", "nbits8-b128"])
+@pytest.mark.parametrize("name", ["per-token-all", "per-token-asym", "nbits8-b128"])
 def test_batch_independent_schemes_embed_a_text_alike_alone_and_in_any_batch(
         minilm_fp32: Path, tmp_path: Path, name: str) -> None:
     from quantize.schemes import SCHEMES
@@ -61,6 +61,55 @@ def test_batch_independent_schemes_embed_a_text_alike_alone_and_in_any_batch(
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx"), load_external_data=False).graph.node}
     # no activation quantized per batch is left
     assert not ops & {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QAttention", "Attention"}
+
+
+def _one_matmul(path: Path, w: np.ndarray) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, w.shape[0]])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, w.shape[1]])],
+                          [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("target", ["avx2", "avx512-vnni"])
+def test_asymmetric_per_token_matmul_is_exactly_the_integer_product(tmp_path: Path, target: str) -> None:
+    """Each row on its own [min, max] and zero point, 8-bit weights, the zero points folded out
+    after the product: what onnxruntime computes equals the same arithmetic done in numpy."""
+    import onnx
+    import onnxruntime as ort
+
+    from quantize.int8 import per_token_model
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.05, (96, 40)).astype(np.float32)
+    x = rng.normal(0.3, 1.0, (2, 5, 96)).astype(np.float32)
+    x[0, 1] = np.abs(x[0, 1]) * 8  # a one-sided row with outliers: its zero point is 0
+    x[1, 2] = -np.abs(x[1, 2])  # all negative: zero point 255
+    x[1, 3] = 0.0  # all zero
+    _one_matmul(tmp_path / "f.onnx", w)
+    assert per_token_model(tmp_path / "f.onnx", tmp_path / "q.onnx", ["mm"], target, asymmetric=True) == ["mm"]
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    wq = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    codes = next(v for k, v in wq.items() if k.endswith("_wq"))
+    # 8-bit weights as uint8 around 128 for every target: u8 x s8 would saturate on AVX2, and a
+    # bundle built for VNNI must give the same vectors on an AVX2 machine
+    assert codes.dtype == np.uint8
+    wscale = np.abs(w).max(axis=0) / 127
+    wint = np.clip(np.round(w / wscale), -127, 127)
+    x2 = x.reshape(-1, 96).astype(np.float64)
+    lo, hi = np.minimum(x2.min(axis=1), 0), np.maximum(x2.max(axis=1), 0)
+    s = np.maximum((hi - lo) / 255, 1e-12)
+    z = np.round(-lo / s)
+    q = np.clip(np.round(x2 / s[:, None]) + z[:, None], 0, 255)
+    want = ((q - z[:, None]) @ wint) * s[:, None] * wscale
+    assert np.abs(got.reshape(-1, 40) - want).max() < 1e-4 * np.abs(want).max()
+    assert np.all(got[1, 3] == 0)
+    fp = (x2 @ w.astype(np.float64)).reshape(got.shape)
+    cos = (got * fp).sum(-1)[got.any(-1)] / (np.linalg.norm(got, axis=-1) * np.linalg.norm(fp, axis=-1))[got.any(-1)]
+    assert cos.min() > 0.9995  # and it is the float product, within 8-bit rounding
 
 
 def test_scheme_flag_is_checked_before_any_work(tmp_path: Path) -> None:
