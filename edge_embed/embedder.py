@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from .archive import ArchiveSource, is_archive, read_archive
+from .cut import break_test, cut
 from .errors import BundleError, InputError
 from .manifest import RANGES_KEY, Manifest, check_digest
 from .pooling import POOLERS, l2_normalize
@@ -44,12 +45,8 @@ MODEL_FORMATS = ("onnx", "ort")
 LONG_TEXT = ("truncate", "error", "window")
 # Before tokenizing, a text is cut at max_length * _CHARS_PER_TOKEN characters (then 4x that,
 # ... until the cut holds more than max_length tokens), so a 5 MB text costs about what its
-# first max_length tokens cost. English runs ~4-5 characters per WordPiece token.
+# first max_length tokens cost. English runs ~4-5 characters per WordPiece token, CJK one.
 _CHARS_PER_TOKEN = 8
-_CUT_LOOKBACK = 4096
-# ASCII whitespace only: every tokenizer splits there (Python's str.isspace also takes control
-# characters that BERT's normalizer deletes, joining the words around them)
-_CUT_AT = frozenset(" \t\n\r")
 
 
 @dataclass(frozen=True)
@@ -116,20 +113,6 @@ def check_texts(texts: Any) -> list[str]:
     return out
 
 
-def _cut(text: str, limit: int) -> str:
-    """``text`` cut before a whitespace character at or before ``limit``; all of it if none is near.
-
-    Tokenizers split words at whitespace, so the tokens of the words before the cut are the
-    tokens the whole text starts with.
-    """
-    if len(text) <= limit:
-        return text
-    for j in range(limit, max(limit - _CUT_LOOKBACK, 0), -1):
-        if text[j] in _CUT_AT:
-            return text[:j]
-    return text  # one long run without whitespace (e.g. CJK): tokenized whole
-
-
 def _tokenizer_failure(e: BaseException) -> bool:
     """An error of the tokenizer's own: an Exception, or pyo3's PanicException (a BaseException,
     so that ``except Exception`` misses it); not KeyboardInterrupt, SystemExit or MemoryError."""
@@ -171,6 +154,7 @@ class Embedder:
         self._tok = tokenizer
         self.self_check_result: SelfCheckResult | None = None  # set by load(self_check=...)
         self._tok_full: Tokenizer | None = None  # built on first token_count(): copying costs ~0.1 s of cold start
+        self._breaks: Callable[[str], bool] | None = None  # where long texts may be cut: on first long text
         self._tok_windows: dict[int, Tokenizer] = {}  # long_text="window": one per stride, built on first use
         self._ranges: npt.NDArray[np.float32] | None = None  # int8_ranges as an array, on first use
         self._pool = POOLERS[manifest.pooling]
@@ -337,10 +321,11 @@ class Embedder:
     def tokenize(self, texts: Sequence[str], prompt: str | None = None) -> list[Encoding]:
         """Tokenize with the bundle's tokenizer, truncated at max_length (the tokens embed() feeds).
 
-        A long text is cut (at whitespace) before it is tokenized, so its cost is about that of its
-        first max_length tokens; the kept tokens are those of the whole text, and ``overflowing``
-        is non-empty exactly when the whole text is longer than max_length (it holds the overflow
-        of the cut text only).
+        A long text is cut before it is tokenized (at whitespace, and for BERT's tokenizers also
+        before CJK ideographs and punctuation: see edge_embed.cut), so its cost is about that of
+        its first max_length tokens; the kept tokens are those of the whole text, and
+        ``overflowing`` is non-empty exactly when the whole text is longer than max_length (it
+        holds the overflow of the cut text only).
         """
         items = check_texts(texts)
         prefix = self._prefix(prompt)
@@ -348,8 +333,11 @@ class Embedder:
         out: list[Encoding | None] = [None] * len(full)
         pending = list(range(len(full)))
         limit = self.max_length * _CHARS_PER_TOKEN
+        if self._breaks is None and any(len(t) > limit for t in full):
+            self._breaks = break_test(self._tok.to_str())
+        breaks = self._breaks
         while pending:
-            cuts = [_cut(full[i], limit) for i in pending]
+            cuts = [cut(full[i], limit, breaks) if breaks else full[i] for i in pending]
             again = []
             for i, c, e in zip(pending, cuts, _tokenize_batch(self._tok, cuts), strict=True):
                 if len(c) < len(full[i]) and not e.overflowing:

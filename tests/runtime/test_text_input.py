@@ -3,10 +3,13 @@ changing the tokens that are kept."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from tokenizers import Tokenizer
 
 from edge_embed import Embedder, InputError
+from edge_embed.cut import break_test, cut
 
 
 def whole_then_truncated(emb: Embedder, text: str) -> tuple[list[int], bool]:
@@ -32,6 +35,14 @@ def long_cases(limit: int) -> dict[str, str]:
         "emoji": "🙂 " * (limit // 2) + "end",
         "one-giant-token-run": "a" * (limit * 5) + " b c",
         "punctuation": ",.;" * (limit * 2),
+        "japanese": "これは端末で動く埋め込みモデルです。東京の駅で、電車を待つ。" * 1500,
+        "cjk-and-special-tokens": "边缘[MASK]嵌入[SEP]" * (limit // 4),
+        # "]" of a special token right at the cut, its "[" at the 255th token: cut inside it, the
+        # cut text would overflow with "[" kept where the whole text keeps "[MASK]"
+        "special-token-at-the-cut": " " * (limit - 258) + "边" * 253 + "[MASK]" + "边" * 1000,
+        "words-joined-by-punctuation": "edge,embed;run.offline:" * (limit // 5),
+        "fullwidth-punctuation": "（嵌入）「模型」！" * (limit // 3),
+        "no-break-at-all": "ぁ" * (limit * 5),  # hiragana: neither an ideograph nor punctuation
     }
 
 
@@ -43,6 +54,37 @@ def test_cut_keeps_exactly_the_tokens_of_the_whole_text(int8: Embedder) -> None:
         ids, overflow = whole_then_truncated(int8, text)
         assert enc.ids == ids, name
         assert bool(enc.overflowing) == overflow, name
+    breaks = break_test(int8._tok.to_str())
+    for name in ("cjk-no-spaces", "japanese", "cjk-and-special-tokens", "words-joined-by-punctuation",
+                 "fullwidth-punctuation"):  # cut early, not tokenized whole
+        assert len(cut(cases[name], limit, breaks)) <= limit, name
+    assert cut(cases["no-break-at-all"], limit, breaks) == cases["no-break-at-all"]
+
+
+def test_every_character_the_cut_breaks_at_starts_a_word_for_the_real_tokenizer(int8: Embedder) -> None:
+    """The cut's table of break characters agrees with the installed tokenizers library."""
+    breaks = break_test(int8._tok.to_str())
+    norm, pre = int8._tok.normalizer, int8._tok.pre_tokenizer
+    candidates = [chr(c) for lo, hi in ((0, 0x3000), (0x3000, 0x3400), (0xFE00, 0x10000)) for c in range(lo, hi)]
+    candidates += [chr(c) for lo, hi in ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0x20000, 0x2FA1F))
+                   for c in range(lo, hi, 97)] + [chr(0x2B81F), chr(0x2B820), chr(0x2B920), chr(0x2CEAF)]
+    taken = [c for c in candidates if breaks(c) and not c.isspace()]
+    assert len(taken) > 400
+    for c in taken:
+        pieces = pre.pre_tokenize_str(norm.normalize_str("ab" + c + "cd"))
+        assert pieces[0][0] == "ab", (hex(ord(c)), pieces)
+    assert not any(breaks(c) for c in "]SEPMASK")  # inside added tokens: a cut there would split them
+
+
+def test_the_cut_reads_the_tokenizer_and_guesses_nothing_for_others() -> None:
+    bert = json.dumps({"normalizer": {"type": "BertNormalizer", "handle_chinese_chars": True},
+                       "pre_tokenizer": {"type": "BertPreTokenizer"}, "added_tokens": [{"content": "<x|y>"}]})
+    other = json.dumps({"normalizer": {"type": "NFKC"}, "pre_tokenizer": {"type": "Metaspace"}})
+    cjk = "边缘嵌入模型在设备上运行，" * 1000
+    assert len(cut(cjk, 100, break_test(bert))) <= 100
+    assert cut(cjk, 100, break_test(other)) == cjk  # no whitespace: tokenized whole
+    assert not break_test(bert)("|") and not break_test(bert)(">") and break_test(bert)("<")
+    assert break_test("not json")(" ") and not break_test("not json")("，")
 
 
 def test_cut_with_a_prompt_and_the_counts_stay_honest(int8: Embedder) -> None:
