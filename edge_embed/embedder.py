@@ -24,6 +24,7 @@ from .archive import ArchiveSource, is_archive, read_archive
 from .cut import break_test, cut
 from .errors import BundleError, InputError
 from .manifest import RANGES_KEY, Manifest, check_digest
+from .panics import quiet_panics
 from .pooling import POOLERS, l2_normalize
 from .precision import PRECISIONS, quantize, ranges_array
 from .progress import Progress
@@ -47,6 +48,7 @@ LONG_TEXT = ("truncate", "error", "window")
 # ... until the cut holds more than max_length tokens), so a 5 MB text costs about what its
 # first max_length tokens cost. English runs ~4-5 characters per WordPiece token, CJK one.
 _CHARS_PER_TOKEN = 8
+_PROBE_TEXTS = ["a b", "", "zzqxj unknownword \u2603 \u8fb9\u7f18 \U0001f642 " + "x" * 120]
 
 
 @dataclass(frozen=True)
@@ -125,20 +127,22 @@ def _tokenize_batch(tok: Tokenizer, texts: list[str]) -> list[Encoding]:
     if not texts:
         return []
     try:
-        return list(tok.encode_batch(texts))
+        with quiet_panics():
+            return list(tok.encode_batch(texts))
     except BaseException as e:
         if not _tokenizer_failure(e):
             raise
         error: BaseException = e
     bad = 0
-    for i, t in enumerate(texts):  # which one: each alone (only after a failure)
-        try:
-            tok.encode(t)
-        except BaseException as e:
-            if not _tokenizer_failure(e):
-                raise
-            bad, error = i, e
-            break
+    with quiet_panics():
+        for i, t in enumerate(texts):  # which one: each alone (only after a failure)
+            try:
+                tok.encode(t)
+            except BaseException as e:
+                if not _tokenizer_failure(e):
+                    raise
+                bad, error = i, e
+                break
     raise InputError(f"texts[{bad}]: the bundle's tokenizer failed on this text ({type(error).__name__}: "
                      f"{str(error)[:200]})")
 
@@ -227,13 +231,15 @@ class Embedder:
 
         tok_path: Any = packed.where(manifest.tokenizer_file) if packed else root / manifest.tokenizer_file
         try:
-            if packed:
-                tokenizer = Tokenizer.from_str(packed.data(manifest.tokenizer_file).decode("utf-8"))
-            else:
-                tokenizer = Tokenizer.from_file(str(tok_path))
-            tokenizer.no_padding()  # we pad per batch, to the batch's own longest text
-            tokenizer.enable_truncation(manifest.max_length)
-            tokenizer.encode_batch(["a b", ""])  # a tokenizer that panics on every text is the bundle's fault
+            with quiet_panics():
+                if packed:
+                    tokenizer = Tokenizer.from_str(packed.data(manifest.tokenizer_file).decode("utf-8"))
+                else:
+                    tokenizer = Tokenizer.from_file(str(tok_path))
+                tokenizer.no_padding()  # we pad per batch, to the batch's own longest text
+                tokenizer.enable_truncation(manifest.max_length)
+                # a tokenizer that panics on plain words, an unknown one, CJK or an emoji is the bundle's fault
+                tokenizer.encode_batch(_PROBE_TEXTS)
         except BundleError:
             raise
         except BaseException as e:  # tokenizers raises bare Exceptions, and pyo3's PanicException (a BaseException)
