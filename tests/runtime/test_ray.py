@@ -17,7 +17,7 @@ from edge_embed.archive import pack
 from edge_embed.cli import main
 from edge_embed.corpus import JOB_FILE
 
-from .conftest import msmarco_records
+from .conftest import SAMPLE_STEP, msmarco_records
 
 ray = pytest.importorskip("ray", reason="needs the ray extra (pip install 'edge-embed[ray]')")
 pytest.importorskip("ray.data", reason="needs the ray extra (pip install 'edge-embed[ray]')")
@@ -25,7 +25,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from edge_embed.ray import EdgeEmbed  # noqa: E402 - after the skip
 
-N = 1000  # the first 1000 msmarco-5k passages: test_corpus.py runs the whole corpus through the job
+N = 1000  # every 5th msmarco-5k passage (the shared reference sample): test_corpus.py runs the whole corpus
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,11 @@ class PidEdgeEmbed(EdgeEmbed):
         return out
 
 
-def test_map_batches_with_two_actors_matches_embed(local_ray: Any, minilm_fp32: Path, fp32: Embedder,
+def test_map_batches_with_two_actors_matches_embed(local_ray: Any, minilm_fp32: Path, msmarco_sample_fp32: np.ndarray,
                                                    tmp_path: Path) -> None:
-    recs = msmarco_records()[:N]
-    want = fp32.embed([r["text"] for r in recs])
+    recs = msmarco_records()[::SAMPLE_STEP]
+    want = msmarco_sample_fp32
+    assert len(recs) == len(want) == N
     packed = pack(minilm_fp32, tmp_path / "minilm-fp32.edgeembed")
     ref = local_ray.put(packed.read_bytes())  # the bundle travels once, through the object store
     ds = local_ray.data.from_items([{"id": r["_id"], "text": r["text"]} for r in recs])
