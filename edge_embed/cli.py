@@ -242,6 +242,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError(f"-o {args.output}: is the input file (-i {args.input}); write the output elsewhere")
     emb = Embedder.load(args.model, threads=args.threads, model_format=args.model_format,
                         verify=args.verify, digest=args.digest)
+    # the options are checked before any input is read, so an empty input does not hide a bad one
+    emb.embed_detailed([], prompt=args.prompt, batch_size=args.batch_size, long_text=args.long_text,
+                       stride=args.stride)
 
     chunks: Iterator[list[str]]
     if args.texts:

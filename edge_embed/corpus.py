@@ -365,6 +365,8 @@ def _embed_shard(texts: list[str], prompt: str | None, batch_size: int,
 
 def default_parallelism(workers: int | None, threads: int | None) -> tuple[int, int]:
     """(workers, threads per worker): by default one single-threaded worker per physical core."""
+    if (workers is not None and workers < 1) or (threads is not None and threads < 1):  # before dividing by them
+        raise InputError(f"--workers/--threads: expected positive integers, got {workers} and {threads}")
     cores = _physical_cores()
     if workers is None and threads is None:
         threads = 1
@@ -372,8 +374,6 @@ def default_parallelism(workers: int | None, threads: int | None) -> tuple[int, 
         workers = max(1, cores // (threads or 1))
     if threads is None:
         threads = max(1, cores // workers)
-    if workers < 1 or threads < 1:
-        raise InputError(f"--workers/--threads: expected positive integers, got {workers} and {threads}")
     return workers, threads
 
 

@@ -97,3 +97,24 @@ def test_info_and_verify(minilm_int8: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["info", str(bad), "--verify"]) == 1
     err = capsys.readouterr().err
     assert "model.onnx: sha256" in err and "files.model.onnx.sha256" in err
+
+
+@pytest.mark.parametrize("bad", [["--batch-size", "0"], ["--stride", "8"], ["--prompt", "nope"],
+                                 ["--long-text", "window", "--stride", "999"]])
+def test_bad_options_fail_even_when_the_input_is_empty(minilm_int8: Path, tmp_path: Path, bad: list[str],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert main(["embed", "-m", str(minilm_int8), "-i", str(empty), *bad]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edge-embed: error: "), err
+
+
+def test_embed_corpus_with_zero_workers_is_an_error_not_a_crash(minilm_int8: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pyarrow", reason="embed-corpus needs the corpus extra")
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a"}\n', encoding="utf-8")
+    assert main(["embed-corpus", str(src), "-o", str(tmp_path / "out"), "-m", str(minilm_int8),
+                 "--workers", "0"]) == 1
+    assert "--workers/--threads: expected positive integers" in capsys.readouterr().err

@@ -1,17 +1,21 @@
 """Fuzzing the Python API and the CLI with hypothesis (bounded, derandomized: the same
 examples every run). Whatever comes in, the only exceptions are edge-embed's own; vectors
-are finite, unit norm and batch-invariant; the CLI exits 0, 1 or 2 and never prints a traceback."""
+are finite, unit norm and batch-invariant; the CLI, given mostly valid command lines with
+fuzzed values and input files, does what they ask, refuses broken ones in one line (exit 1)
+or with its usage (exit 2), and never prints a traceback."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from edge_embed import EdgeEmbedError, Embedder
@@ -19,7 +23,6 @@ from edge_embed.cli import main
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-CLI_FUZZ = settings(FUZZ, max_examples=20)
 
 TRICKY = ["\udce9", "\ud800", "\udfff", "\x00", "\r", "\n", "\t", " ", "\u0301", "\ufeff", "☃", "\U0001F600", "边",
           "a", "word", "[CLS]", "[SEP]", "##ing", "\x1c"]
@@ -89,48 +92,158 @@ def test_vectors_do_not_depend_on_the_batch(fp32: Embedder, texts: list[str], lo
     np.testing.assert_allclose(together, alone, atol=2e-5)
 
 
-def _run_cli(argv: list[str]) -> tuple[int, str]:
+def _run_cli(argv: list[str]) -> tuple[int, bytes, str]:
     err = io.StringIO()
-    out = io.StringIO()
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # with a .buffer, as a real stdout has (npy)
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             code = main(argv)
         except SystemExit as e:  # argparse: usage errors
             code = e.code if isinstance(e.code, int) else 2
-    return code, err.getvalue()
+    out.flush()
+    return code, out.buffer.getvalue(), err.getvalue()  # type: ignore[attr-defined]
 
 
-@CLI_FUZZ
+# one record of an input file or a TEXT argument: no newline (that would split it), anything else
+record = st.one_of(
+    st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\n"), max_size=40),
+    st.lists(st.sampled_from([t for t in TRICKY if t != "\n" and not "\ud800" <= t <= "\udfff"]),
+             max_size=12).map("".join),
+    st.builds(lambda w, n: w * n, st.sampled_from(["word ", "边缘", "x" * 150 + " ", "\t"]), st.integers(1, 400)),
+)
+# flag values: a valid one, or (broken=True) one the CLI must refuse with exit 1 or 2
+BAD = {
+    "--threads": ["-1", "100000", "x", ""],
+    "--batch-size": ["0", "-5", "many"],
+    "-f": ["xml"],
+    "--long-text": ["bogus"],
+    "--stride": ["-1", "999", "s"],
+    "--prompt": ["query", "nope"],  # the bundle has no prompts
+    "--digest": ["sha256:" + "0" * 64, "md5:1"],
+    "-m": ["nope", "in.txt"],
+    "-o": ["dir", "missing/x", "/dev/full", "in.txt"],  # in.txt: the input file (-i is then given)
+    "--workers": ["0", "-2"],
+    "--input-format": ["xml"],
+}
+
+
+def _records(raw: bytes) -> list[str]:
+    """What the CLI reads from a file: split on \\n only, a trailing \\r\\n or \\n removed."""
+    lines = raw.decode("utf-8").split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def _check_vectors_out(fmt: str, data: bytes, n: int, dim: int) -> None:
+    if fmt == "npy":
+        v = np.load(io.BytesIO(data))
+        check_vectors(v, n, dim)
+        return
+    rows = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+    assert [r["index"] for r in rows] == list(range(n))
+    check_vectors(np.array([r["embedding"] for r in rows], dtype=np.float32).reshape(n, dim), n, dim)
+
+
+@settings(FUZZ, max_examples=32)
 @given(data=st.data())
-def test_cli_exits_0_1_or_2_without_tracebacks(minilm_int8: Path, tmp_path_factory: pytest.TempPathFactory,
-                                               data: st.DataObject) -> None:
+def test_cli_valid_command_lines_succeed_and_broken_ones_fail_in_one_line(
+        minilm_int8: Path, int8: Embedder, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    """Mostly valid command lines (valid subcommand and flags, fuzzed values and input files), one
+    in four with a broken flag: a valid one exits 0 with one well-formed vector per record, and an
+    input file that is not UTF-8 or a text over max_length with --long-text error exits 1 in
+    one line; a broken one exits 1 or 2. Never a traceback, a partial file or a changed input."""
     tmp = tmp_path_factory.mktemp("cli")
     (tmp / "dir").mkdir()
-    (tmp / "in.txt").write_bytes(data.draw(st.sampled_from([b"a\nb\n", b"\xff\n", b"x\r\ny\rz", b"", b"ok\n" * 3])))
-    word = st.one_of(st.lists(st.sampled_from(TRICKY), min_size=1, max_size=8).map("".join),
-                     st.text(min_size=1, max_size=8))
-    model = data.draw(st.sampled_from([str(minilm_int8), str(minilm_int8), str(tmp / "nope"), str(tmp / "in.txt")]))
-    argv = ["embed", "-m", model]
-    options = {
-        "--threads": st.sampled_from(["0", "1", "-1", "100000", "x", ""]),
-        "--batch-size": st.sampled_from(["1", "0", "-5", "7", "many"]),
-        "-f": st.sampled_from(["jsonl", "npy", "xml"]),
-        "-o": st.sampled_from([str(tmp / "out.npy"), str(tmp / "out.jsonl"), str(tmp / "dir"),
-                               str(tmp / "missing" / "x"), str(tmp / "in.txt"), "/dev/full"]),
-        "--long-text": st.sampled_from(["truncate", "error", "window", "bogus"]),
-        "--stride": st.sampled_from(["0", "16", "-1", "999", "s"]),
-        "--prompt": st.sampled_from(["query", "nope"]),
-        "--digest": st.sampled_from(["sha256:" + "0" * 64, "md5:1", ""]),
-        "-i": st.sampled_from([str(tmp / "in.txt"), str(tmp / "absent.txt"), str(tmp / "dir")]),
-    }
-    for flag in data.draw(st.lists(st.sampled_from(sorted(options)), max_size=4, unique=True)):
-        argv += [flag, data.draw(options[flag])]
-    if "-i" not in argv:
-        argv += data.draw(st.lists(word, min_size=0, max_size=3))
-    code, err = _run_cli(argv)
-    assert code in (0, 1, 2), (argv, code, err)
+    texts = data.draw(st.lists(record, max_size=6))
+    # (hypothesis favours the first of sampled_from's values: the valid one comes first)
+    bad_utf8 = data.draw(st.sampled_from([False] * 7 + [True]))
+    raw = "".join(t + data.draw(st.sampled_from(["\n", "\r\n"])) for t in texts).encode("utf-8")
+    if bad_utf8:
+        raw += b"caf\xe9\n"
+    broken = data.draw(st.sampled_from([None] * 3 * len(BAD) + sorted(BAD)))  # one flag in four broken
+
+    chosen: list[str] = []  # the broken value drawn
+
+    def value(flag: str, good: Any) -> str:
+        if flag != broken:
+            return str(data.draw(good) if isinstance(good, st.SearchStrategy) else good)
+        chosen.append(data.draw(st.sampled_from(BAD[flag])))
+        return str(tmp / chosen[0]) if flag in ("-m", "-o") and not chosen[0].startswith("/") else chosen[0]
+
+    sub = data.draw(st.sampled_from(["embed", "embed", "embed", "info"]
+                                    + (["embed-corpus"] if importlib.util.find_spec("pyarrow") else [])))
+    fmt, over = "jsonl", False
+    if sub == "info":
+        raw, texts, bad_utf8 = b"", [], False
+        argv = ["info", value("-m", minilm_int8)]
+        if data.draw(st.booleans()):
+            argv.append("--verify")
+        if data.draw(st.booleans()):
+            argv.append("--json")
+        if data.draw(st.booleans()) or broken == "--digest":
+            argv += ["--digest", value("--digest", int8.manifest.digest)]
+    elif sub == "embed-corpus":
+        raw = "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)).encode("utf-8")
+        raw += b'{"id": 99, "text": "caf\xe9"}\n' if bad_utf8 else b""
+        argv = ["embed-corpus", str(tmp / "in.jsonl"), "-o", str(tmp / "corpus"), "-m", value("-m", minilm_int8),
+                "--workers", value("--workers", st.just(1)), "--no-progress"]
+        for flag, good in (("--batch-size", st.integers(1, 40)), ("--input-format", st.just("jsonl"))):
+            if data.draw(st.booleans()) or broken == flag:
+                argv += [flag, value(flag, good)]
+    else:
+        long_text = data.draw(st.sampled_from(["truncate", "error", "window"]))
+        argv = ["embed", "-m", value("-m", minilm_int8), "--long-text", value("--long-text", long_text)]
+        fmt = data.draw(st.sampled_from(["jsonl", "npy"]))
+        argv += ["-f", value("-f", fmt)]
+        to_file = data.draw(st.booleans()) or broken == "-o"
+        if to_file:
+            argv += ["-o", value("-o", tmp / f"out.{fmt}")]
+        options = {"--threads": st.integers(0, 2), "--batch-size": st.integers(1, 40), "--prompt": None,
+                   "--digest": int8.manifest.digest, "--stride": st.integers(0, (int8.max_length - 2) // 2)}
+        for flag, good in options.items():
+            if flag == broken or (good is not None and data.draw(st.integers(0, 3)) == 0
+                                  and (flag != "--stride" or long_text == "window")):
+                argv += [flag, value(flag, good)]
+        argv += data.draw(st.sampled_from([["--progress"], ["--no-progress"], ["--no-verify"], []]))
+        from_file = data.draw(st.booleans()) or bad_utf8 or not texts or chosen == ["in.txt"]
+        if from_file:
+            argv += ["-i", str(tmp / "in.txt")]
+            texts = _records(raw) if not bad_utf8 else texts
+        else:
+            argv += ["--", *texts]
+            bad_utf8 = False
+        over = long_text == "error" and any(n > int8.max_length for n in int8.token_count(texts))
+    # a broken value the command line holds (a broken flag the subcommand does not take is not drawn),
+    # less writing nothing to a full device, which does not fail
+    expect_fail = (bool(chosen) and not (chosen == ["/dev/full"] and fmt == "jsonl" and not texts)) or bad_utf8
+    expect_fail = expect_fail or over
+    (tmp / "in.txt").write_bytes(raw)
+    (tmp / "in.jsonl").write_bytes(raw)
+
+    code, out, err = _run_cli(argv)
+    event(f"{sub}: exit {code}")  # pytest --hypothesis-show-statistics shows how deep the examples go
     assert "Traceback" not in err, (argv, err)
+    assert (tmp / "in.txt").read_bytes() == raw and (tmp / "in.jsonl").read_bytes() == raw, argv
+    assert not list(tmp.rglob(".*.partial")), argv
+    if expect_fail:
+        assert code in (1, 2), (argv, code, err)
+    else:
+        assert code == 0, (argv, code, err)
     if code == 1:
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("edge-embed: error: "), (argv, err)
-    assert not list(tmp.glob(".*.partial")), argv
+        errors = [line for line in lines if line.startswith("edge-embed: error: ")]
+        assert len(errors) == 1 and lines[-1] == errors[0], (argv, err)
+        assert "--progress" in argv or len(lines) == 1, (argv, err)
+    if code != 0:
+        return
+    if sub == "info":
+        if "--json" in argv:
+            manifest, _ = json.JSONDecoder().raw_decode(out.decode("utf-8"))
+            assert manifest["dim"] == int8.dim
+        return
+    if sub == "embed-corpus":
+        pq = pytest.importorskip("pyarrow.parquet")
+        assert sum(pq.read_table(f).num_rows for f in (tmp / "corpus").glob("*.parquet")) == len(texts)
+        return
+    if chosen == ["/dev/full"]:
+        return
+    _check_vectors_out(fmt, (tmp / f"out.{fmt}").read_bytes() if "-o" in argv else out, len(texts), int8.dim)
