@@ -88,11 +88,13 @@ def test_static_without_calibration_is_a_usage_error(tmp_path: Path, tiny_bert_d
 
 
 @pytest.mark.parametrize("method", ["dynamic", "auto", "static"])
-def test_impossible_threshold_fails_with_drift_error_and_no_bundle(tmp_path: Path, tiny_bert_dir: Path,
+def test_impossible_threshold_fails_with_drift_error_and_no_bundle(tmp_path: Path, tiny_cls: Path,
                                                                    calib_file: Path, method: str) -> None:
     out = tmp_path / "drifted"
     extra = ["--calibration", str(calib_file)] if method == "static" else []
-    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--method", method, *extra, *LOOSE_TINY,
+    # from the tiny model's fp32 export: no torch start-up and export before the judged part
+    r = run_cli("build", "--from-onnx", str(tiny_cls / "model.onnx"), "--tokenizer", str(tiny_cls / "tokenizer.json"),
+                "--pooling", "cls", "--method", method, *extra, *LOOSE_TINY,
                 "--threshold", "cosine_mean=1.01", "-o", str(out))
     assert r.returncode == 1, r.stdout
     last = r.stderr.strip().splitlines()[-1]
@@ -121,19 +123,20 @@ def _per_token_everywhere_mean(tiny: Path, tmp_path: Path) -> float:
     return compare(ref, embed_with_progress(Embedder.load(bundle), probes, "int8", progress=False))["cosine_mean"]
 
 
-def test_auto_tiny_keeps_nodes_fp32_and_says_why(tmp_path: Path, tiny_bert_dir: Path, tiny_cls: Path) -> None:
+def test_auto_tiny_keeps_nodes_fp32_and_says_why(tmp_path: Path, tiny_cls: Path) -> None:
     """A threshold that neither plain nor per-token INT8 reaches but fp32 nodes can: the search must find them."""
+    # both builds from the tiny model's fp32 export: the search is under test, not the export
+    src = ["--from-onnx", str(tiny_cls / "model.onnx"), "--tokenizer", str(tiny_cls / "tokenizer.json")]
     base = tmp_path / "tiny-dyn"
-    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--method", "dynamic", *LOOSE_TINY,
-                "-o", str(base))
+    r = run_cli("build", *src, "--pooling", "cls", "--method", "dynamic", *LOOSE_TINY, "-o", str(base))
     assert r.returncode == 0, r.stderr[-3000:]
     v = json.loads((base / "validation.json").read_text())
     # ask for a mean cosine between the best INT8 without fp32 nodes and fp32 (1.0)
     reached = max(v["cosine_mean"], _per_token_everywhere_mean(tiny_cls, tmp_path))
     want = reached + (1.0 - reached) / 2
     out = tmp_path / "tiny-auto"
-    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", *LOOSE_TINY,
-                "--threshold", f"cosine_mean={want:.8f}", "-o", str(out))
+    r = run_cli("build", *src, "--pooling", "cls", *LOOSE_TINY, "--threshold", f"cosine_mean={want:.8f}",
+                "-o", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     q = m["quantization"]
