@@ -48,11 +48,12 @@ def _leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.partial-")]
 
 
-def test_static_tiny_records_calibration(tmp_path: Path, tiny_bert_dir: Path, calib_file: Path) -> None:
+def test_static_tiny_records_calibration(tmp_path: Path, tiny_cls: Path, calib_file: Path) -> None:
     import hashlib
 
     out = tmp_path / "tiny-static"
-    r = run_cli("build", str(tiny_bert_dir), "--pooling", "cls", "--method", "static", "--calibration",
+    r = run_cli("build", "--from-onnx", str(tiny_cls / "model.onnx"), "--tokenizer", str(tiny_cls / "tokenizer.json"),
+                "--pooling", "cls", "--method", "static", "--calibration",
                 str(calib_file), "--calibration-size", "24", "--calibration-method", "percentile",
                 "--target", "arm64", *LOOSE_TINY, "-o", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
