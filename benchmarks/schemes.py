@@ -4,7 +4,8 @@ For every scheme named (quantize.schemes.SCHEMES), the fp32 bundle's model is qu
 way a build would (same code, no search, no fp32 nodes), placed in a copy of the bundle, and
 measured through edge_embed against the fp32 bundle on the probe set's gate part. Speed is
 texts/s of Embedder.embed at batch 32 on short texts and on ~128-token and longer passages,
-and at batch 1, in interleaved rounds (medians), fp32 in the same rounds.
+and at batch 1, in interleaved rounds (medians), fp32 in the same rounds, by wall time and by
+this process's CPU time (the steadier of the two on a shared machine; use --threads 1 there).
 
     .venv/bin/python benchmarks/schemes.py FP32_BUNDLE --out DIR [--target avx2] [--rounds 9]
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -52,23 +54,28 @@ def make_bundle(fp32: Path, out: Path, name: str, target: str) -> Path:
     return dst
 
 
-def speed(embs: dict[str, Embedder], rounds: int) -> dict[str, dict[str, float]]:
+def speed(embs: dict[str, Embedder], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """case -> [texts/s of wall time, texts/s of this process's CPU time] per bundle, medians
+    of interleaved rounds. CPU time holds still on a shared machine where wall time does not
+    (at --threads 1 it is the whole cost; with more threads it includes the pool's spinning)."""
     probes = load_probes()
     short = [t for t in probes if 4 <= len(t.split()) <= 14][:32]
     passages = [t for t in probes if len(t.split()) >= 100][:32]
     cases = {"b32_short": (short, 32), "b32_passages": (passages, 32), "b1_short": (short[:8], 1)}
-    out: dict[str, dict[str, float]] = {k: {} for k in embs}
+    out: dict[str, dict[str, list[float]]] = {k: {} for k in embs}
     for case, (texts, bs) in cases.items():
-        times: dict[str, list[float]] = {k: [] for k in embs}
+        wall: dict[str, list[float]] = {k: [] for k in embs}
+        cpu: dict[str, list[float]] = {k: [] for k in embs}
         for e in embs.values():
             e.embed_detailed(texts[:bs], batch_size=bs)  # warm-up
         for _ in range(rounds):
             for k, e in embs.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 e.embed_detailed(texts, batch_size=bs)
-                times[k].append(time.perf_counter() - t0)
+                wall[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
         for k in embs:
-            out[k][case] = len(texts) / float(np.median(times[k]))
+            out[k][case] = [len(texts) / float(np.median(wall[k])), len(texts) / float(np.median(cpu[k]))]
     return out
 
 
@@ -105,18 +112,21 @@ def main() -> int:
         print(f"{name}: {json.dumps({k: round(v, 5) for k, v in fig.items()})}", file=sys.stderr, flush=True)
     speeds = speed(embs, args.rounds)
     base = speeds["fp32"]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"target {target}; gate part {len(gate)} probes; {args.threads} threads; medians of {args.rounds} "
-          "interleaved rounds\n")
-    print("| scheme | mean | p1 | min | batch indep. | size / fp32 | b32 short texts/s (x fp32) "
-          "| b32 passages texts/s (x fp32) | b1 texts/s (x fp32) |")
+          f"interleaved rounds; load average {load:.1f} on {os.cpu_count()} CPUs\n")
+    print("Speed cells: texts/s by wall time (x fp32) / by CPU time (x fp32).\n")
+    print("| scheme | mean | p1 | min | batch indep. | size / fp32 | b32 short | b32 passages | b1 short |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, s in speeds.items():
         f = rows.get(name, {"cosine_mean": 1.0, "cosine_p1": 1.0, "cosine_min": 1.0, "batch_independence": 1.0,
                             "size_ratio": 1.0})
-        cells = " | ".join(f"{s[c]:.1f} ({s[c] / base[c]:.2f}x)" for c in ("b32_short", "b32_passages", "b1_short"))
+        cells = " | ".join(f"{s[c][0]:.1f} ({s[c][0] / base[c][0]:.2f}x) / {s[c][1]:.1f} ({s[c][1] / base[c][1]:.2f}x)"
+                           for c in ("b32_short", "b32_passages", "b1_short"))
         print(f"| {name} | {f['cosine_mean']:.4f} | {f['cosine_p1']:.4f} | {f['cosine_min']:.4f} | "
               f"{f['batch_independence']:.5f} | {f['size_ratio']:.2f} | {cells} |")
-    (args.out / "schemes.json").write_text(json.dumps({"target": target, "fidelity": rows, "speed": speeds},
+    (args.out / "schemes.json").write_text(json.dumps({"target": target, "threads": args.threads, "load": load,
+                                                       "fidelity": rows, "speed_wall_cpu": speeds},
                                                       indent=2))
     return 0
 

@@ -109,7 +109,8 @@ class EdgeEmbed:
             import ray
 
             if ray.is_initialized():
-                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+                context: Any = ray.get_runtime_context()  # untyped in ray: Any with or without it installed
+                cpus = context.get_assigned_resources().get("CPU")
                 return max(1, int(cpus)) if cpus else 1
         except ImportError:
             pass

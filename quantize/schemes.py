@@ -125,11 +125,13 @@ class PerToken:
             facts = _weight_only_rest(pt, dst, target, per_channel, fp32_nodes)
             facts["activation_type"] = ("uint8, one scale per token computed at run time, every MatMul "
                                         "(attention projections split out of Attention)")
-        if self.asymmetric:
-            facts["activation_type"] = ("uint8, one scale and zero point per token (its own min and max) computed "
-                                        "at run time, every MatMul (attention projections split out of Attention)")
-            facts["weight_type"] = "uint8 per output channel, 8 bits, zero point 128 (onnxruntime's u8 x u8 kernel)"
-            facts["matmul_weight_bits"] = 8
+            if self.asymmetric:
+                facts["activation_type"] = ("uint8, one scale and zero point per token (its own min and max) "
+                                            "computed at run time, every MatMul (attention projections split out "
+                                            "of Attention)")
+                facts["weight_type"] = ("uint8 per output channel, 8 bits, zero point 128 (onnxruntime's u8 x u8 "
+                                        "kernel)")
+                facts["matmul_weight_bits"] = 8
         else:
             facts = quantize_dynamic_int8(pt, dst, target, per_channel, fp32_nodes, None)
             facts["activation_type"] = ("uint8, scales computed at run time: one per token for per_token_nodes, "
