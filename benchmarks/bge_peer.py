@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -113,10 +114,13 @@ def workloads(args: argparse.Namespace, emb: Embedder) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------------- speed
-def timed(emb: Embedder, texts: list[str], batch: int) -> float:
-    t0 = time.perf_counter()
+def timed(emb: Embedder, texts: list[str], batch: int, clock: str = "wall") -> float:
+    """Seconds of wall time, or of this process's CPU time (steadier on a shared machine; with
+    --threads 1 it is the whole cost)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    t0 = now()
     emb.embed_detailed(texts, batch_size=batch)
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def cmd_speed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -138,7 +142,7 @@ def cmd_speed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for w, batch in cases:
             texts = loads[w] if batch > 1 else loads[w][:args.latency_texts]
             for name in order:
-                rates[(w, batch)][name].append(len(texts) / timed(embs[name], texts, batch))
+                rates[(w, batch)][name].append(len(texts) / timed(embs[name], texts, batch, args.clock))
         log(f"round {r + 1}/{args.rounds} done")
     rows = []
     for (w, batch), per in rates.items():
@@ -150,7 +154,9 @@ def cmd_speed(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             row[f"ratio vs {name}"] = statistics.median(ratio)
         rows.append(row)
     cold = {name: cold_start(p, args.threads) for name, p in paths.items()}
-    return {"cpu": cpu_info(), "threads": args.threads, "rounds": args.rounds, "rows": rows, "cold_start_s": cold,
+    return {"cpu": cpu_info(), "threads": args.threads, "rounds": args.rounds, "clock": args.clock,
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "rows": rows,
+            "cold_start_s": cold,
             "model_mb": {k: Manifest.read(p).files["model.onnx"].bytes / 1e6 for k, p in paths.items()}}
 
 
@@ -271,6 +277,8 @@ def main() -> int:
     p.add_argument("--probes", help="fidelity: also a probe file (one text per line)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="speed: time by wall clock (default) or by this process's CPU time")
     p.add_argument("--runs", type=int, default=5, help="profile: batches profiled per model")
     p.add_argument("--texts", type=int, default=256, help="speed: texts per workload")
     p.add_argument("--latency-texts", type=int, default=32, help="speed: texts timed one at a time")

@@ -66,11 +66,14 @@ def _split_names(fp32_nodes: list[str]) -> set[str]:
 
 def _weight_only_rest(src: Path, dst: Path, target: str, per_channel: bool, fp32_nodes: list[str]) -> dict[str, Any]:
     """Dynamic INT8 for the nodes a batch-independent scheme leaves: the weight-only ones
-    (EmbedLayerNormalization's tables), never an activation that would get a per-batch scale."""
+    (EmbedLayerNormalization's tables in a fused graph, the embedding Gathers of an unfused one
+    such as MPNet's), never an activation that would get a per-batch scale."""
     import onnx
 
     graph = onnx.load(str(src), load_external_data=False).graph
-    only = [n.name for n in graph.node if n.op_type == "EmbedLayerNormalization" and n.name not in fp32_nodes]
+    tables = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+    only = [n.name for n in graph.node if n.name not in fp32_nodes and (
+        n.op_type == "EmbedLayerNormalization" or (n.op_type == "Gather" and n.input[0] in tables))]
     if not only:
         shutil.copyfile(src, dst)
         return quantize_facts(target, per_channel, fp32_nodes)

@@ -114,6 +114,36 @@ def test_asymmetric_per_token_matmul_is_exactly_the_integer_product(tmp_path: Pa
     assert cos.min() > 0.9995  # and it is the float product, within 8-bit rounding
 
 
+def test_batch_independent_schemes_quantize_the_embedding_table_of_an_unfused_graph(tmp_path: Path) -> None:
+    """MPNet-like graphs have no EmbedLayerNormalization: their word-embedding Gather is
+    weight-only and must be INT8 too, or the bundle keeps a float table (0.42x the size)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantize.schemes import SCHEMES
+
+    rng = np.random.default_rng(1)
+    table = rng.normal(0, 1, (500, 64)).astype(np.float32)
+    w = rng.normal(0, 0.1, (64, 32)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+         helper.make_node("MatMul", ["e", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 32])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "f.onnx"))
+    SCHEMES["per-token-asym"].quantize(tmp_path / "f.onnx", tmp_path / "q.onnx", tmp_path, "avx2", True, [])
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert not [i for i in q.graph.initializer if i.data_type == TensorProto.FLOAT and i.dims[:1] == [500]]
+    assert (tmp_path / "q.onnx").stat().st_size < 0.4 * (tmp_path / "f.onnx").stat().st_size
+    ids = np.array([[1, 7, 499]], np.int64)
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    want = table[ids] @ w
+    cos = (got * want).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1))
+    assert cos.min() > 0.999
+
+
 def test_scheme_flag_is_checked_before_any_work(tmp_path: Path) -> None:
     r = run_cli("build", "all-minilm-l6-v2", "--scheme", "nbits3", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "--scheme: 'nbits3' is not one of" in r.stderr and "Traceback" not in r.stderr
