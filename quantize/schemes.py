@@ -64,6 +64,9 @@ def _split_names(fp32_nodes: list[str]) -> set[str]:
     return set(fp32_nodes) | {f"{n}/split_attention/qkv_matmul" for n in fp32_nodes}
 
 
+VOCAB_ROWS = 1024  # an embedding table with at least this many rows is a vocabulary
+
+
 def _weight_only_rest(src: Path, dst: Path, target: str, per_channel: bool, fp32_nodes: list[str]) -> dict[str, Any]:
     """Dynamic INT8 for the nodes a batch-independent scheme leaves: the weight-only ones
     (EmbedLayerNormalization's tables in a fused graph, the embedding Gathers of an unfused one
@@ -71,7 +74,10 @@ def _weight_only_rest(src: Path, dst: Path, target: str, per_channel: bool, fp32
     import onnx
 
     graph = onnx.load(str(src), load_external_data=False).graph
-    tables = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+    # vocabulary-sized tables only: a position table or a relative-attention bias (MPNet's is
+    # 32 x 12) saves next to nothing as INT8 and one per-tensor scale blurs it
+    tables = {i.name for i in graph.initializer
+              if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and i.dims[0] >= VOCAB_ROWS}
     only = [n.name for n in graph.node if n.name not in fp32_nodes and (
         n.op_type == "EmbedLayerNormalization" or (n.op_type == "Gather" and n.input[0] in tables))]
     if not only:
