@@ -29,8 +29,8 @@ __all__ = ["quiet_panics", "without_panic_reports"]
 _HEADER = re.compile(rb"^thread '[^\n]*' (?:\(\d+\) )?panicked at ")
 _FRAME = re.compile(rb"^\s+(?:\d+: |at )")
 _lock = threading.Lock()
-_depth = 0
-_saved: int | None = None
+_active: set[object] = set()  # one token per tokenizer call in flight, in any thread
+_saved: int | None = None  # the real stderr while fd 2 points at the scratch file
 _scratch: IO[bytes] | None = None
 _scratch_pid = 0
 
@@ -60,51 +60,69 @@ def without_panic_reports(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _enter() -> bool:
-    global _depth, _saved, _scratch, _scratch_pid
+def _enter(tok: object) -> None:
+    """Register a call; the first one in points fd 2 at the scratch file. The token is
+    registered before anything changes, so a signal arriving anywhere in here leaves a state
+    that _leave(tok) restores."""
+    global _saved, _scratch, _scratch_pid
     with _lock:
-        if _depth == 0:
-            try:
-                saved = os.dup(2)
-            except OSError:
-                return False
-            if _scratch is None or _scratch_pid != os.getpid():  # a forked child gets its own file
-                _scratch, _scratch_pid = tempfile.TemporaryFile(prefix="edge-embed-stderr-"), os.getpid()
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()  # what Python buffered so far belongs before the call's output
-            os.dup2(_scratch.fileno(), 2)
-            _saved = saved
-        _depth += 1
-        return True
+        _active.add(tok)
+        if _saved is not None:
+            return
+        try:
+            saved = os.dup(2)
+        except OSError:  # a closed stderr: leave it alone
+            _active.discard(tok)
+            return
+        if _scratch is None or _scratch_pid != os.getpid():  # a forked child gets its own file
+            _scratch, _scratch_pid = tempfile.TemporaryFile(prefix="edge-embed-stderr-"), os.getpid()
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()  # what Python buffered so far belongs before the call's output
+        _saved = saved
+        os.dup2(_scratch.fileno(), 2)
 
 
-def _leave() -> None:
-    global _depth, _saved
+def _leave(tok: object) -> None:
+    """Unregister a call; the last one out puts fd 2 back and replays what it caught, less
+    panic reports. Idempotent, so it can be retried when a signal interrupts it."""
+    global _saved
     with _lock:
-        _depth -= 1
-        if _depth or _saved is None or _scratch is None:
+        _active.discard(tok)
+        if _active or _saved is None or _scratch is None:
             return
         with contextlib.suppress(Exception):
             sys.stderr.flush()  # Python's own writes during the call are in the scratch file too
-        os.dup2(_saved, 2)
-        os.close(_saved)
-        _saved = None
+        os.dup2(_saved, 2)  # first: a retry after an interruption here only repeats it
+        saved, _saved = _saved, None
+        os.close(saved)
         _scratch.seek(0)
         data = _scratch.read()
         _scratch.seek(0)
         _scratch.truncate()
-        rest = without_panic_reports(data) if b"panicked at" in data else data
-        with contextlib.suppress(OSError):
-            while rest:
-                rest = rest[os.write(2, rest):]
+    rest = without_panic_reports(data) if b"panicked at" in data else data
+    with contextlib.suppress(OSError):
+        while rest:
+            rest = rest[os.write(2, rest):]
 
 
 @contextlib.contextmanager
 def quiet_panics() -> Iterator[None]:
-    """Run a tokenizer call with Rust's panic reports kept off stderr (see the module doc)."""
-    entered = _enter()
+    """Run a tokenizer call with Rust's panic reports kept off stderr (see the module doc).
+
+    Ctrl-C during a long tokenizer call is delivered as the call returns, which can be inside
+    the way out: stderr is put back first (retrying _leave), then the signal's exception is
+    raised, so an interrupted run never leaves fd 2 pointing at the scratch file."""
+    tok = object()
     try:
+        _enter(tok)
         yield
     finally:
-        if entered:
-            _leave()
+        pending: BaseException | None = None
+        for _ in range(100):  # each retry needs another signal to fail: a bound, not a loop forever
+            try:
+                _leave(tok)
+                break
+            except BaseException as e:
+                pending = e
+        if pending is not None:
+            raise pending
