@@ -346,7 +346,6 @@ def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None =
         raise BuildError(f"{src}: per-token INT8 needs ONNX opset >= 13, the model has {opset}")
     inits = {i.name: i for i in graph.initializer}
     wanted = set(nodes) & set(_weighted_matmuls(graph))
-    unsigned_weights = asymmetric
     pre = "edge_embed_pt"
     consts: dict[str, Any] = {f"{pre}_inv127": np.array(1 / 127, np.float32), f"{pre}_eps": np.array(1e-12, np.float32),
               f"{pre}_zero": np.array(0.0, np.float32), f"{pre}_128f": np.array(128.0, np.float32),
@@ -375,7 +374,7 @@ def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None =
         t = f"{pre}_{len(converted)}"
         converted.append(node.name)
         replaced_weights.add(node.input[1])
-        codes = (q + 128).astype(np.uint8) if unsigned_weights else q.astype(np.int8)
+        codes = (q + 128).astype(np.uint8) if asymmetric else q.astype(np.int8)
         new_inits += [numpy_helper.from_array(codes, f"{t}_wq"),
                       numpy_helper.from_array(scale.reshape(-1).astype(np.float32), f"{t}_ws"),
                       numpy_helper.from_array(np.array([-1, k], np.int64), f"{t}_2d"),
@@ -433,7 +432,7 @@ def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None =
         a_zp = f"{pre}_z0" if asymmetric else f"{pre}_z"
         out_nodes.append(helper.make_node(
             "MatMulIntegerToFloat", [f"{a}_q", f"{t}_wq", f"{pre}_one", f"{t}_ws", a_zp]
-            + ([f"{pre}_z"] if unsigned_weights else []), [f"{t}_yw"], name=f"{node.name}/per_token/matmul",
+            + ([f"{pre}_z"] if asymmetric else []), [f"{t}_yw"], name=f"{node.name}/per_token/matmul",
             domain="com.microsoft"))
         if asymmetric:  # s (q - z) W = s (q W) - (s z) colsum(W)
             out_nodes += [
