@@ -13,18 +13,24 @@ is read from the tokenizer's own configuration (its ``tokenizer.json``):
 
 less any character that occurs inside an added token (``[MASK]`` ends in ``]``: a cut there
 would split the special token). Deliberately does not guess for other tokenizers: they get
-whitespace only, and a text without any (Thai, a giant run of one character) is tokenized whole.
+whitespace only.
+
+A text with nowhere to cut (a giant run of one character, a hex dump, kana or Thai without
+spaces) is first shortened inside its runs instead (``run_shrinker``): WordPiece turns a word
+of more than ``max_input_chars_per_word`` characters into one unknown token however long it
+is, so a run of letters that can only be one word keeps the same token when its middle goes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import string
 import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["WHITESPACE", "break_test", "cut"]
+__all__ = ["WHITESPACE", "break_test", "cut", "run_shrinker"]
 
 # ASCII whitespace only: every tokenizer splits there (Python's str.isspace also takes control
 # characters that BERT's normalizer deletes, joining the words around them)
@@ -78,3 +84,65 @@ def cut(text: str, limit: int, breaks: Callable[[str], bool]) -> str:
         if breaks(text[j]):
             return text[:j]
     return text
+
+
+# Letters that BERT's normalizer and pre-tokenizer keep inside a word on every tokenizers
+# release: blocks assigned in full long before the Unicode tables the library was built with
+# (a newer letter may read as unassigned there, and the normalizer deletes those), taken by
+# category: letters, decimal digits and combining marks (accents go with strip_accents, so only
+# letters and digits count towards a word's length)
+_RUN_BLOCKS = ((0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F), (0x386, 0x3CE), (0x400, 0x4FF),
+               (0x5D0, 0x5EA), (0x620, 0x64A), (0xE01, 0xE59), (0x3041, 0x3096), (0x30A1, 0x30FA),
+               (0xAC00, 0xD7A3))
+_RUN_CATEGORIES = ("Lu", "Ll", "Lt", "Lm", "Lo", "Nd", "Mn", "Mc")
+MIN_RUN = 1024  # runs shorter than this are left as they are
+
+
+def run_shrinker(tokenizer_json: str) -> Callable[[str], str] | None:
+    """For a WordPiece tokenizer behind BERT's normalizer and pre-tokenizer: a function that
+    shortens every run of ``MIN_RUN``+ letters to its first ``2 * (max_input_chars_per_word + 1)``
+    letters, which changes none of the text's tokens (the run is inside one word that is longer
+    than WordPiece's limit before and after, so it is one unknown token either way). None for
+    any other tokenizer: nothing is assumed about them.
+    """
+    try:
+        config: Any = json.loads(tokenizer_json)
+    except ValueError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    normalizer, pre, model = (config.get(k) or {} for k in ("normalizer", "pre_tokenizer", "model"))
+    if not (isinstance(model, dict) and model.get("type") == "WordPiece" and isinstance(pre, dict)
+            and pre.get("type") == "BertPreTokenizer" and isinstance(normalizer, dict)
+            and normalizer.get("type") == "BertNormalizer"):
+        return None
+    most = model.get("max_input_chars_per_word")
+    if not isinstance(most, int) or isinstance(most, bool) or not 0 < most < MIN_RUN // 4:
+        return None
+    # no run may hold the start of an added token, and what is kept of a run is longer than any,
+    # so an added token that starts before a run ends inside what is kept
+    contents: list[str] = [a["content"] for a in config.get("added_tokens") or []
+                           if isinstance(a, dict) and isinstance(a.get("content"), str) and a["content"]]
+    starts = {v for c in contents for v in (c[0], c[0].lower(), c[0].upper())}
+    keep = 2 * (most + 1)
+    if max((len(c) for c in contents), default=0) >= keep:
+        return None
+    chars = [c for lo, hi in _RUN_BLOCKS for c in range(lo, hi + 1)
+             if unicodedata.category(chr(c)) in _RUN_CATEGORIES and chr(c) not in starts]
+    ranges, lo = [], chars[0]
+    for prev, c in zip(chars, chars[1:] + [-1], strict=True):
+        if c != prev + 1:
+            ranges.append(f"{re.escape(chr(lo))}-{re.escape(chr(prev))}" if prev > lo else re.escape(chr(lo)))
+            lo = c
+    run = re.compile(f"[{''.join(ranges)}]{{{MIN_RUN},}}")
+
+    def kept(m: re.Match[str]) -> str:
+        text, counted = m.group(), 0
+        for i, c in enumerate(text):
+            if not unicodedata.category(c).startswith("M"):
+                counted += 1
+                if counted == keep:
+                    return text[: i + 1]
+        return text  # mostly marks: keep it all
+
+    return lambda text: run.sub(kept, text)

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from .archive import ArchiveSource, is_archive, read_archive
-from .cut import break_test, cut
+from .cut import break_test, cut, run_shrinker
 from .errors import BundleError, InputError
 from .manifest import RANGES_KEY, Manifest, check_digest
 from .panics import quiet_panics
@@ -159,6 +159,7 @@ class Embedder:
         self.self_check_result: SelfCheckResult | None = None  # set by load(self_check=...)
         self._tok_full: Tokenizer | None = None  # built on first token_count(): copying costs ~0.1 s of cold start
         self._breaks: Callable[[str], bool] | None = None  # where long texts may be cut: on first long text
+        self._shrink: Callable[[str], str] | None = None  # shortens one-word runs (same tokens): with _breaks
         self._tok_windows: dict[int, Tokenizer] = {}  # long_text="window": one per stride, built on first use
         self._ranges: npt.NDArray[np.float32] | None = None  # int8_ranges as an array, on first use
         self._pool = POOLERS[manifest.pooling]
@@ -328,19 +329,18 @@ class Embedder:
         """Tokenize with the bundle's tokenizer, truncated at max_length (the tokens embed() feeds).
 
         A long text is cut before it is tokenized (at whitespace, and for BERT's tokenizers also
-        before CJK ideographs and punctuation: see edge_embed.cut), so its cost is about that of
-        its first max_length tokens; the kept tokens are those of the whole text, and
+        before CJK ideographs and punctuation; a giant run of letters that WordPiece makes one
+        unknown token loses its middle: see edge_embed.cut), so its cost is about that of its
+        first max_length tokens; the kept tokens are those of the whole text, and
         ``overflowing`` is non-empty exactly when the whole text is longer than max_length (it
-        holds the overflow of the cut text only).
+        holds the overflow of the cut text only). Offsets refer to the text as cut.
         """
         items = check_texts(texts)
         prefix = self._prefix(prompt)
-        full = [prefix + t for t in items]
+        full = self._shortened([prefix + t for t in items])
         out: list[Encoding | None] = [None] * len(full)
         pending = list(range(len(full)))
         limit = self.max_length * _CHARS_PER_TOKEN
-        if self._breaks is None and any(len(t) > limit for t in full):
-            self._breaks = break_test(self._tok.to_str())
         breaks = self._breaks
         while pending:
             cuts = [cut(full[i], limit, breaks) if breaks else full[i] for i in pending]
@@ -353,11 +353,27 @@ class Embedder:
             pending, limit = again, limit * 4
         return [e for e in out if e is not None]
 
+    def _shortened(self, texts: list[str]) -> list[str]:
+        """``texts`` with the giant runs of the long ones shortened (edge_embed.cut.run_shrinker):
+        the same tokens for less tokenizing. Reads the tokenizer's configuration on the first
+        long text."""
+        limit = self.max_length * _CHARS_PER_TOKEN
+        if not any(len(t) > limit for t in texts):
+            return texts
+        if self._breaks is None:
+            config = self._tok.to_str()
+            self._breaks, self._shrink = break_test(config), run_shrinker(config)
+        shrink = self._shrink
+        if shrink is None:
+            return texts
+        return [shrink(t) if len(t) > limit else t for t in texts]
+
     def token_count(self, texts: Sequence[str], prompt: str | None = None) -> list[int]:
         """Tokens each text needs, special tokens included, before truncation.
 
-        Exact: it tokenizes every text whole, so it costs time in proportion to the text's length
-        (embed() does not call it: it cuts long texts first).
+        Exact: it tokenizes every text whole (only giant one-word runs shortened, which keeps
+        their single token), so it costs time in proportion to the text's length (embed() does
+        not call it: it cuts long texts first).
         """
         items = check_texts(texts)
         prefix = self._prefix(prompt)
@@ -366,7 +382,7 @@ class Embedder:
         if self._tok_full is None:
             self._tok_full = Tokenizer.from_str(self._tok.to_str())
             self._tok_full.no_truncation()
-        return [len(e.ids) for e in _tokenize_batch(self._tok_full, [prefix + t for t in items])]
+        return [len(e.ids) for e in _tokenize_batch(self._tok_full, self._shortened([prefix + t for t in items]))]
 
     def embed(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32, *,
               long_text: str = "truncate", stride: int | None = None) -> npt.NDArray[np.float32]:
@@ -439,7 +455,7 @@ class Embedder:
             self._tok_windows[stride] = tok
         # tokenizers returns the windows after the first as its overflowing encodings, each with
         # the special tokens of a text of its own
-        per_text = [[e, *e.overflowing] for e in _tokenize_batch(tok, [prefix + t for t in items])]
+        per_text = [[e, *e.overflowing] for e in _tokenize_batch(tok, self._shortened([prefix + t for t in items]))]
         flat = [w for ws in per_text for w in ws]
         vecs = self._run_sorted(flat, batch_size, normalize, max_batch_tokens)
         weights = np.fromiter((len(w.ids) for w in flat), dtype=np.float32, count=len(flat))

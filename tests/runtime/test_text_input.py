@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from edge_embed import Embedder, InputError
-from edge_embed.cut import break_test, cut
+from edge_embed.cut import break_test, cut, run_shrinker
 
 
 def whole_then_truncated(emb: Embedder, text: str) -> tuple[list[int], bool]:
@@ -43,6 +43,13 @@ def long_cases(limit: int) -> dict[str, str]:
         "words-joined-by-punctuation": "edge,embed;run.offline:" * (limit // 5),
         "fullwidth-punctuation": "（嵌入）「模型」！" * (limit // 3),
         "no-break-at-all": "ぁ" * (limit * 5),  # hiragana: neither an ideograph nor punctuation
+        "thai-without-spaces": "ภาษาไทยไม่เว้นวรรคระหว่างคำ" * (limit // 4),  # vowel signs are marks
+        "hex-dump": "0123456789abcdef" * limit,
+        # a break the cut does not know (no-break space) between two giant runs, then words
+        "runs-around-a-no-break-space": "a" * (limit * 2) + "\u00a0hello" + "b" * (limit * 2) + " tail" * 600,
+        "runs-around-special-tokens": "x" * (limit * 2) + "[MASK]" + "y" * (limit * 2) + "[SEP] z" * 300,
+        "accents-in-a-run": "e\u0301" * (limit * 2) + " after" * 600,
+        "marks-only-run": "e" + "\u0301" * (limit * 2) + " after" * 600,
     }
 
 
@@ -59,6 +66,42 @@ def test_cut_keeps_exactly_the_tokens_of_the_whole_text(int8: Embedder) -> None:
                  "fullwidth-punctuation"):  # cut early, not tokenized whole
         assert len(cut(cases[name], limit, breaks)) <= limit, name
     assert cut(cases["no-break-at-all"], limit, breaks) == cases["no-break-at-all"]
+
+
+def test_giant_runs_are_shortened_before_the_tokenizer_sees_them(int8: Embedder, monkeypatch) -> None:
+    """A text with nowhere to cut costs about what a short one does: what reaches the tokenizer
+    is short, and the tokens, counts and windows are those of the whole text."""
+    from edge_embed import embedder as mod
+
+    limit = int8.max_length * 8
+    blobs = ["ぁ" * 1_000_000, "ภาษาไทย" * 100_000, "f" * 1_000_000, "a" * 500_000 + " b" * 10]
+    seen: list[int] = []
+    real = mod._tokenize_batch
+    monkeypatch.setattr(mod, "_tokenize_batch", lambda tok, texts: seen.extend(map(len, texts)) or real(tok, texts))
+    got = int8.tokenize(blobs)
+    assert max(seen) <= limit
+    for text, enc in zip(blobs, got, strict=True):
+        assert enc.ids == whole_then_truncated(int8, text)[0]
+    whole = Tokenizer.from_str(int8._tok.to_str())
+    whole.no_truncation()
+    assert int8.token_count(blobs) == [len(whole.encode(t).ids) for t in blobs] == [3, 3, 3, 13]
+    res = int8.embed_detailed(blobs, long_text="window")
+    assert list(res.tokens) == [3, 3, 3, 13] and max(seen) <= limit
+
+
+def test_the_run_shrinker_is_only_for_bert_wordpiece() -> None:
+    bert = {"normalizer": {"type": "BertNormalizer"}, "pre_tokenizer": {"type": "BertPreTokenizer"},
+            "model": {"type": "WordPiece", "max_input_chars_per_word": 100}}
+    assert run_shrinker(json.dumps(bert))("q" * 5000) == "q" * 202
+    huge_words = {"model": {"type": "WordPiece", "max_input_chars_per_word": 10**6}}
+    for change in ({"model": {"type": "BPE"}}, {"pre_tokenizer": {"type": "Metaspace"}},
+                   {"normalizer": {"type": "NFKC"}}, huge_words,
+                   {"added_tokens": [{"content": "<" + "x" * 300 + ">"}]}):
+        assert run_shrinker(json.dumps({**bert, **change})) is None, change
+    assert run_shrinker("not json") is None
+    # an added token's first letter never starts or continues a run: "q" of "qq-token" splits them
+    with_added = {**bert, "added_tokens": [{"content": "qq-token"}]}
+    assert run_shrinker(json.dumps(with_added))("q" * 5000) == "q" * 5000
 
 
 def test_every_character_the_cut_breaks_at_starts_a_word_for_the_real_tokenizer(int8: Embedder) -> None:
