@@ -16,18 +16,18 @@ the build's business.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from edge_embed import Embedder
-from edge_embed.manifest import DIGEST_NAME, digest_line
+from edge_embed.manifest import RANGES_KEY, Manifest
 from quantize.int8 import detect_target
 from quantize.schemes import SCHEMES
 from quantize.validate import batch_independence, compare, default_probes, embed_with_progress, load_probes
@@ -42,15 +42,10 @@ def make_bundle(fp32: Path, out: Path, name: str, target: str) -> Path:
     work.mkdir(exist_ok=True)
     facts = SCHEMES[name].quantize(fp32 / "model.onnx", dst / "model.onnx", work, target, True, [])
     shutil.rmtree(work)
-    m = json.loads((dst / "manifest.json").read_text())
-    data = (dst / "model.onnx").read_bytes()
-    m["files"]["model.onnx"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    m["quantization"] = facts
-    for extra in ("self_check", "int8_ranges"):  # measured on the fp32 model: not this one's
-        m.pop(extra, None)
-    raw = json.dumps(m, indent=2).encode("utf-8")  # with its checksum file, as a build writes it
-    (dst / "manifest.json").write_bytes(raw)
-    (dst / DIGEST_NAME).write_bytes(digest_line(raw))
+    m = Manifest.read(fp32)
+    extra = {k: v for k, v in m.extra.items() if k not in ("self_check", RANGES_KEY)}  # measured on fp32
+    replace(m, name=name, quantization=facts, extra=extra,
+            files={**m.files, **Manifest.describe_files(dst, [m.model_file])}).write(dst)
     return dst
 
 

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_embed import Embedder
-from tests.conftest import run_cli, write_manifest
+from edge_embed.manifest import Manifest
+from tests.conftest import run_cli
 
 
 def _with_model(fp32: Path, dst: Path, model: Path) -> Embedder:
     """A copy of the fp32 bundle running another model file."""
     shutil.copytree(fp32, dst)
     shutil.copyfile(model, dst / "model.onnx")
-    m = json.loads((dst / "manifest.json").read_text())
-    data = (dst / "model.onnx").read_bytes()
-    m["files"]["model.onnx"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    write_manifest(dst, m)
+    m = Manifest.read(dst)
+    replace(m, files={**m.files, **Manifest.describe_files(dst, [m.model_file])}).write(dst)
     return Embedder.load(dst)
 
 
