@@ -29,7 +29,7 @@ import numpy as np
 from edge_embed import Embedder
 from edge_embed.manifest import RANGES_KEY, Manifest
 from quantize.int8 import detect_target
-from quantize.schemes import SCHEMES
+from quantize.schemes import SCHEMES, bind
 from quantize.validate import batch_independence, compare, default_probes, embed_with_progress, load_probes
 
 
@@ -40,7 +40,9 @@ def make_bundle(fp32: Path, out: Path, name: str, target: str) -> Path:
     shutil.copytree(fp32, dst)
     work = out / f".{name}-work"
     work.mkdir(exist_ok=True)
-    facts = SCHEMES[name].quantize(fp32 / "model.onnx", dst / "model.onnx", work, target, True, [])
+    # a scheme that measures activation ranges does it on the search part, as a build would
+    scheme = bind(SCHEMES[name], default_probes().search, Embedder.load(fp32))
+    facts = scheme.quantize(fp32 / "model.onnx", dst / "model.onnx", work, target, True, [])
     shutil.rmtree(work)
     m = Manifest.read(fp32)
     extra = {k: v for k, v in m.extra.items() if k not in ("self_check", RANGES_KEY)}  # measured on fp32

@@ -458,6 +458,55 @@ def per_token_model(src: Path, dst: Path, nodes: list[str], target: str | None =
     return converted
 
 
+def smooth_model(src: Path, dst: Path, maxima: dict[str, Any], alpha: float) -> list[str]:
+    """A copy of ``src`` where each MatMul in ``maxima`` divides its input's channels by
+    SmoothQuant's factors and multiplies its weight's rows by them (the product is the same):
+
+        f_j = max|x_j| ** alpha / max|W_j,:| ** (1 - alpha)
+        y = (x / f) (diag(f) W)
+
+    ``maxima``: node -> max |x_j| per input channel, measured in fp32 on texts. A few channels
+    of a token carry activations far larger than the rest (the separator and first tokens in
+    most encoders); one scale per token then leaves the other channels a few integer levels.
+    The factors move part of that range into the weights, which are quantized per output
+    column and take it well. The division is one Mul per MatMul input, before quantizing.
+    Returns the changed nodes.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    out_nodes = []
+    changed: list[str] = []
+    for node in graph.node:
+        if node.name in maxima and node.op_type == "MatMul" and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            ax = np.asarray(maxima[node.name], np.float64)
+            aw = np.abs(w).max(axis=1).astype(np.float64)
+            f = np.where((ax > 0) & (aw > 0), ax ** alpha / np.maximum(aw, 1e-12) ** (1 - alpha), 1.0)
+            f = np.clip(f, 1e-4, 1e4)
+            t = f"{node.name}/smooth"
+            # a weight shared by two MatMuls gets a copy: each has its own factors
+            w_name = f"{t}/weight"
+            graph.initializer.extend([numpy_helper.from_array((w * f[:, None]).astype(np.float32), w_name),
+                                      numpy_helper.from_array((1 / f).astype(np.float32), f"{t}/inverse")])
+            out_nodes.append(helper.make_node("Mul", [node.input[0], f"{t}/inverse"], [f"{t}/x"], name=f"{t}/divide"))
+            node.input[0], node.input[1] = f"{t}/x", w_name
+            changed.append(node.name)
+        out_nodes.append(node)
+    still_used = {i for nd in out_nodes for i in nd.input}
+    keep = [i for i in graph.initializer if i.name in still_used or i.name not in inits]
+    del graph.node[:]
+    graph.node.extend(out_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    onnx.save(model, str(dst))
+    return changed
+
+
 def split_attention(src: Path, dst: Path) -> list[str]:
     """A copy of ``src`` where each fused Attention node becomes its QKV projection as a plain
     MatMul, a Split, and a MultiHeadAttention over the three parts; returns the new MatMuls.

@@ -19,12 +19,13 @@ from .int8 import (
     quantize_dynamic_int8,
     quantize_facts,
     quantize_static_int8,
+    smooth_model,
     split_attention,
     weighted_matmuls,
     with_types,
 )
 
-__all__ = ["BATCH_INDEPENDENT", "SCHEMES", "Dynamic", "NBits", "PerToken", "Scheme", "Static"]
+__all__ = ["BATCH_INDEPENDENT", "SCHEMES", "Dynamic", "NBits", "PerToken", "Scheme", "Smoothed", "Static", "bind"]
 
 
 class Scheme(Protocol):
@@ -151,6 +152,62 @@ class PerToken:
 
 
 @dataclass(frozen=True)
+class Smoothed:
+    """``per-token-asym`` after SmoothQuant-style factors are folded into each MatMul
+    (int8.smooth_model, alpha 0.5): per-channel activation ranges measured in fp32 on the
+    build's search texts move partly into the weights, then every MatMul gets per-token
+    asymmetric scales. Batch-independent like per-token-asym; one more Mul per MatMul.
+
+    texts and reference (the fp32 bundle's Embedder) are bound by the search (``bind``)."""
+
+    alpha: float = 0.5
+    texts: tuple[str, ...] = ()
+    reference: Any = field(default=None, compare=False, repr=False)
+    _maxima: dict[Path, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return "per-token-asym-smooth"
+
+    @property
+    def batch_independent(self) -> bool:
+        return True
+
+    def quantize(self, fp32: Path, dst: Path, work: Path, target: str, per_channel: bool,
+                 fp32_nodes: list[str], only: list[str] | None = None) -> dict[str, Any]:
+        from . import BuildError
+        from .tune import channel_maxima
+
+        if only is not None:  # a sensitivity measurement: that node alone, per batch
+            return quantize_dynamic_int8(fp32, dst, target, per_channel, fp32_nodes, only)
+        if self.reference is None or not self.texts:
+            raise BuildError(f"{self.name}: needs texts to measure activation ranges on (schemes.bind)")
+        split = work / "split-attention.onnx"
+        split_attention(fp32, split)
+        if fp32 not in self._maxima:  # once per graph: every trial's factors come from the same texts
+            self._maxima[fp32] = channel_maxima(split, work / "channel-maxima.onnx", weighted_matmuls(split),
+                                                self.reference, list(self.texts))
+        keep = _split_names(fp32_nodes)
+        maxima = {n: m for n, m in self._maxima[fp32].items() if n not in keep}
+        smoothed = work / "smoothed.onnx"
+        changed = smooth_model(split, smoothed, maxima, self.alpha)
+        facts = PerToken(everywhere=True, asymmetric=True).quantize(smoothed, dst, work, target, per_channel,
+                                                                   fp32_nodes)
+        facts["scheme"] = self.name
+        facts["smoothing"] = {"alpha": self.alpha, "matmuls": len(changed),
+                              "ranges_from": f"fp32 activations of the build's search texts ({len(self.texts)})"}
+        return facts
+
+
+def bind(scheme: Scheme, texts: list[str], reference: Any) -> Scheme:
+    """The scheme ready to quantize: one that measures activation ranges gets its texts and
+    the fp32 Embedder to run them through; the others are returned as they are."""
+    if isinstance(scheme, Smoothed) and not scheme.texts:
+        return Smoothed(scheme.alpha, tuple(texts), reference)
+    return scheme
+
+
+@dataclass(frozen=True)
 class NBits:
     """onnxruntime's MatMulNBits at 8 bits with accuracy_level 4: weights in blocks of
     block_size along K (one scale each), activations quantized to int8 per block of each row
@@ -247,10 +304,11 @@ class Static:
 # MatMulNBits falls back to fp32 arithmetic on ARM cores without the dot-product extension
 # (Cortex-A72, a Raspberry Pi 4), so per-token scales come first everywhere.
 BATCH_INDEPENDENT: dict[str, tuple[Scheme, ...]] = {
-    target: (PerToken(everywhere=True), PerToken(everywhere=True, asymmetric=True), NBits(128), NBits(32))
+    target: (PerToken(everywhere=True), PerToken(everywhere=True, asymmetric=True), Smoothed(), NBits(128),
+             NBits(32))
     for target in ("avx2", "avx512-vnni", "arm64")
 }
 # what --scheme may name: one scheme tried alone (still judged and, with auto, given fp32 nodes)
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (Dynamic(), PerToken(everywhere=True),
-                                                    PerToken(everywhere=True, asymmetric=True), NBits(32), NBits(64),
-                                                    NBits(128))}
+                                                    PerToken(everywhere=True, asymmetric=True), Smoothed(), NBits(32),
+                                                    NBits(64), NBits(128))}

@@ -125,6 +125,45 @@ class _RecordingSession(_SessionView):
             self.ratios[name].append(float(rows.max()) / typical if typical > 0 else 1.0)
 
 
+class _MaxRecorder(_SessionView):
+    """Fetches some inner tensors with every run and keeps each one's largest |value| per
+    channel (last axis) over all runs; padded rows count too, as they are computed alike."""
+
+    def __init__(self, session: Any, tensors: list[str]) -> None:
+        super().__init__(session, extra_outputs=tensors)
+        self.amax: dict[str, Any] = {}
+
+    def record(self, extra: dict[str, Any]) -> None:
+        import numpy as np
+
+        for name, x in extra.items():
+            m = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0)
+            self.amax[name] = np.maximum(self.amax[name], m) if name in self.amax else m
+
+
+def channel_maxima(fp32_model: Path, dst: Path, nodes: list[str], reference: Embedder,
+                   texts: list[str]) -> dict[str, Any]:
+    """node -> the largest |value| of each channel of its activation input over ``texts``
+    (fp32, embedded through ``reference``: its tokenizer and batching)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(fp32_model))
+    wanted = set(nodes)
+    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in wanted}
+    tensors = sorted(set(inputs.values()))
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in tensors if t not in known)
+    onnx.save(model, str(dst))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    rec = _MaxRecorder(ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]), tensors)
+    reference.with_session(rec).embed(texts)
+    dst.unlink(missing_ok=True)
+    return {node: rec.amax[t] for node, t in inputs.items()}
+
+
 def outlier_ratios(fp32_model: Path, dst: Path, nodes: list[str], reference: Embedder,
                    texts: list[str]) -> dict[str, float]:
     """node -> how much larger the whole activation input's |max| is than a typical token's

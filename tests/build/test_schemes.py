@@ -40,13 +40,13 @@ def test_split_attention_computes_what_fused_attention_does(minilm_fp32: Path, t
     assert float(np.abs(got - want).max()) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["per-token-all", "per-token-asym", "nbits8-b128"])
+@pytest.mark.parametrize("name", ["per-token-all", "per-token-asym", "per-token-asym-smooth", "nbits8-b128"])
 def test_batch_independent_schemes_embed_a_text_alike_alone_and_in_any_batch(
         minilm_fp32: Path, tmp_path: Path, name: str) -> None:
-    from quantize.schemes import SCHEMES
+    from quantize.schemes import SCHEMES, bind
     from quantize.validate import batch_independence, compare, default_probes
 
-    scheme = SCHEMES[name]
+    scheme = bind(SCHEMES[name], default_probes().search[::4], Embedder.load(minilm_fp32))
     facts = scheme.quantize(minilm_fp32 / "model.onnx", tmp_path / "q.onnx", tmp_path, "avx2", True, [])
     assert scheme.batch_independent and facts["scheme"] == name
     if name.startswith("per-token"):  # what the manifest tells a reader: no per-batch scale anywhere
@@ -149,3 +149,37 @@ def test_scheme_flag_is_checked_before_any_work(tmp_path: Path) -> None:
                 str(tmp_path / "x"))
     assert r.returncode == 2 and "--scheme: chooses the INT8 scheme" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_smoothing_factors_leave_the_fp32_product_unchanged(tmp_path: Path) -> None:
+    """x (diag(1/f)) (diag(f) W) is x W: smooth_model moves range between activation and
+    weight without changing what the graph computes."""
+    import onnxruntime as ort
+
+    from quantize.int8 import smooth_model
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(16, 8)).astype(np.float32)
+    _one_matmul(tmp_path / "f.onnx", w)
+    x = rng.normal(size=(2, 5, 16)).astype(np.float32)
+    x[..., 3] *= 60  # an outlier channel
+    maxima = {"mm": np.abs(x).reshape(-1, 16).max(axis=0)}
+    assert smooth_model(tmp_path / "f.onnx", tmp_path / "s.onnx", maxima, 0.5) == ["mm"]
+    run = {p: ort.InferenceSession(str(tmp_path / p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for p in ("f.onnx", "s.onnx")}
+    np.testing.assert_allclose(run["s.onnx"], run["f.onnx"], rtol=1e-4, atol=1e-4)
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(tmp_path / "s.onnx")).graph
+    inv = next(numpy_helper.to_array(i) for i in g.initializer if i.name.endswith("/inverse"))
+    assert inv[3] == inv.min()  # the loud channel is divided the most
+
+
+def test_the_smoothed_scheme_refuses_to_guess_its_ranges(minilm_fp32: Path, tmp_path: Path) -> None:
+    from quantize import BuildError
+    from quantize.schemes import SCHEMES
+
+    with pytest.raises(BuildError, match="needs texts"):
+        SCHEMES["per-token-asym-smooth"].quantize(minilm_fp32 / "model.onnx", tmp_path / "q.onnx", tmp_path,
+                                                  "avx2", True, [])

@@ -45,7 +45,7 @@ def test_convert_writes_ort_model_and_operator_config(converted: Path) -> None:
     config = (converted / "required_operators_and_types.config").read_text()
     # the fused INT8 graph's contrib ops, in the format ORT's minimal-build script reads
     op = {"dynamic": "DynamicQuantizeMatMul", "per-token-all": "MatMulIntegerToFloat",
-          "per-token-asym": "MatMulIntegerToFloat"}.get(
+          "per-token-asym": "MatMulIntegerToFloat", "per-token-asym-smooth": "MatMulIntegerToFloat"}.get(
         m.quantization.get("scheme", "dynamic"), "MatMulNBits")
     assert "com.microsoft;1;" in config and op in config
     assert "ai.onnx;" in config and "# - model.ort\n" in config and "/tmp" not in config  # no absolute paths
