@@ -19,7 +19,7 @@ from edge_embed import Embedder
 
 from .int8 import quantizable_nodes, weighted_matmuls
 from .plan import BuildPlan
-from .schemes import BATCH_INDEPENDENT, SCHEMES, Dynamic, NBits, PerToken, Scheme, Static, bind
+from .schemes import BATCH_INDEPENDENT, SCHEMES, Dynamic, NBits, PerToken, Scheme, Smoothed, Static, bind
 from .tune import FIGURES, emulator, fp32_node_sets, outlier_ratios, per_token_tiers, sensitivity, task_figures
 from .validate import check_thresholds, compare, drift_report, embed_with_progress
 
@@ -136,7 +136,8 @@ class Search:
     def trial(self, step: str, scheme: Scheme, fp32_nodes: list[str] | None = None,
               quiet: bool = True) -> Trial:
         fp32_nodes = list(fp32_nodes or [])
-        scheme = bind(scheme, self.texts, self.judge.reference)
+        if isinstance(scheme, Smoothed):  # measures activation ranges: on the search texts, in fp32
+            scheme = bind(scheme, self.texts, self.judge.reference)
         model = self.work / f"trial-{len(self.trials)}.onnx"
         facts = scheme.quantize(self.graph.model, model, self.work, self.plan.target or "", self.per_channel,
                                 fp32_nodes)
