@@ -10,11 +10,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# A run started in the background (nohup, "&" in a script) inherits SIGINT ignored, and so would
+# every process a test starts: Python then installs no KeyboardInterrupt handler and the tests
+# that Ctrl-C a child would wait on a signal nobody gets. A handler here is reset to the default
+# in each child, which Python then turns into KeyboardInterrupt as usual.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_BUILD = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "optimum", "onnx"))
