@@ -141,10 +141,11 @@ class _MaxRecorder(_SessionView):
             self.amax[name] = np.maximum(self.amax[name], m) if name in self.amax else m
 
 
-def channel_maxima(fp32_model: Path, dst: Path, nodes: list[str], reference: Embedder,
-                   texts: list[str]) -> dict[str, Any]:
-    """node -> the largest |value| of each channel of its activation input over ``texts``
-    (fp32, embedded through ``reference``: its tokenizer and batching)."""
+def _record_matmul_inputs(fp32_model: Path, dst: Path, nodes: list[str], reference: Embedder, texts: list[str],
+                          recorder: Callable[[Any, list[str]], _SessionView]) -> tuple[dict[str, str], Any]:
+    """Embed ``texts`` through ``reference`` with a copy of the model (at ``dst``, removed after)
+    that also outputs the activation input of each listed MatMul, handed to ``recorder``'s
+    record(); returns (node -> its input tensor, the recorder)."""
     import onnx
     import onnxruntime as ort
 
@@ -158,9 +159,17 @@ def channel_maxima(fp32_model: Path, dst: Path, nodes: list[str], reference: Emb
     onnx.save(model, str(dst))
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    rec = _MaxRecorder(ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]), tensors)
+    rec = recorder(ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]), tensors)
     reference.with_session(rec).embed(texts)
     dst.unlink(missing_ok=True)
+    return inputs, rec
+
+
+def channel_maxima(fp32_model: Path, dst: Path, nodes: list[str], reference: Embedder,
+                   texts: list[str]) -> dict[str, Any]:
+    """node -> the largest |value| of each channel of its activation input over ``texts``
+    (fp32, embedded through ``reference``: its tokenizer and batching)."""
+    inputs, rec = _record_matmul_inputs(fp32_model, dst, nodes, reference, texts, _MaxRecorder)
     return {node: rec.amax[t] for node, t in inputs.items()}
 
 
@@ -171,21 +180,8 @@ def outlier_ratios(fp32_model: Path, dst: Path, nodes: list[str], reference: Emb
     typical token about 255 / ratio integer levels; per-token scales give each token all 255.
     """
     import numpy as np
-    import onnx
-    import onnxruntime as ort
 
-    model = onnx.load(str(fp32_model))
-    wanted = set(nodes)
-    inputs = {n.name: n.input[0] for n in model.graph.node if n.name in wanted}
-    tensors = sorted(set(inputs.values()))
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in tensors if t not in known)
-    onnx.save(model, str(dst))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    rec = _RecordingSession(ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]), tensors)
-    reference.with_session(rec).embed(texts)
+    inputs, rec = _record_matmul_inputs(fp32_model, dst, nodes, reference, texts, _RecordingSession)
     return {node: round(float(np.median(rec.ratios[t])), 3) for node, t in inputs.items()}
 
 
