@@ -118,13 +118,15 @@ class PerToken:
             raise ValueError("PerToken: asymmetric scales are made for every MatMul (everywhere=True)")
 
     def quantize(self, fp32: Path, dst: Path, work: Path, target: str, per_channel: bool,
-                 fp32_nodes: list[str], only: list[str] | None = None) -> dict[str, Any]:
+                 fp32_nodes: list[str], only: list[str] | None = None, split: bool = False) -> dict[str, Any]:
+        """``split``: fp32's Attention is already split (int8.split_attention), as Smoothed's is."""
         if only is not None:  # a sensitivity measurement: that node alone, per batch
             return quantize_dynamic_int8(fp32, dst, target, per_channel, fp32_nodes, only)
         src = fp32
         if self.everywhere:
-            src = work / "split-attention.onnx"
-            split_attention(fp32, src)
+            if not split:
+                src = work / "split-attention.onnx"
+                split_attention(fp32, src)
             keep = _split_names(fp32_nodes)
             nodes = [n for n in weighted_matmuls(src) if n not in keep]
         else:
@@ -192,7 +194,7 @@ class Smoothed:
         smoothed = work / "smoothed.onnx"
         changed = smooth_model(split, smoothed, maxima, self.alpha)
         facts = PerToken(everywhere=True, asymmetric=True).quantize(smoothed, dst, work, target, per_channel,
-                                                                   fp32_nodes)
+                                                                   fp32_nodes, split=True)
         facts["scheme"] = self.name
         facts["smoothing"] = {"alpha": self.alpha, "matmuls": len(changed),
                               "ranges_from": f"fp32 activations of the build's search texts ({len(self.texts)})"}
