@@ -30,7 +30,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["WHITESPACE", "break_test", "cut", "run_shrinker"]
+__all__ = ["WHITESPACE", "Shrinker", "break_test", "cut", "run_shrinker"]
 
 # ASCII whitespace only: every tokenizer splits there (Python's str.isspace also takes control
 # characters that BERT's normalizer deletes, joining the words around them)
@@ -98,7 +98,46 @@ _RUN_CATEGORIES = ("Lu", "Ll", "Lt", "Lm", "Lo", "Nd", "Mn", "Mc")
 MIN_RUN = 1024  # runs shorter than this are left as they are
 
 
-def run_shrinker(tokenizer_json: str) -> Callable[[str], str] | None:
+class Shrinker:
+    """Shortens the giant runs of a text (see run_shrinker); calling it shortens them all."""
+
+    def __init__(self, run: re.Pattern[str], other: re.Pattern[str], keep: int) -> None:
+        self._run, self._other, self._keep = run, other, keep
+
+    def _kept(self, m: re.Match[str]) -> str:
+        text, counted = m.group(), 0
+        for i, c in enumerate(text):
+            if not unicodedata.category(c).startswith("M"):
+                counted += 1
+                if counted == self._keep:
+                    return text[: i + 1]
+        return text  # mostly marks: keep it all
+
+    def __call__(self, text: str) -> str:
+        return self._run.sub(self._kept, text)
+
+    def head(self, text: str, size: int) -> str:
+        """``text`` with its runs shortened in a head that is still over ``size`` characters once
+        shortened, and left as they are after it: its first ``size + 1`` characters are those of
+        ``self(text)``, for a cost in proportion to ``size`` rather than to the text.
+
+        The head ends at a character no run holds, so no run is split. A short text, or one
+        with no such character near the end of the head, is shortened whole.
+        """
+        at = 2 * size
+        while at < len(text):
+            m = self._other.search(text, at)
+            if m is None:
+                break
+            end = m.start()
+            head = self(text[:end])
+            if len(head) > size:
+                return head + text[end:]
+            at = max(4 * at, end + 1)
+        return self(text)
+
+
+def run_shrinker(tokenizer_json: str) -> Shrinker | None:
     """For a WordPiece tokenizer behind BERT's normalizer and pre-tokenizer: a function that
     shortens every run of ``MIN_RUN``+ letters to its first ``2 * (max_input_chars_per_word + 1)``
     letters, which changes none of the text's tokens (the run is inside one word that is longer
@@ -134,15 +173,5 @@ def run_shrinker(tokenizer_json: str) -> Callable[[str], str] | None:
         if c != prev + 1:
             ranges.append(f"{re.escape(chr(lo))}-{re.escape(chr(prev))}" if prev > lo else re.escape(chr(lo)))
             lo = c
-    run = re.compile(f"[{''.join(ranges)}]{{{MIN_RUN},}}")
-
-    def kept(m: re.Match[str]) -> str:
-        text, counted = m.group(), 0
-        for i, c in enumerate(text):
-            if not unicodedata.category(c).startswith("M"):
-                counted += 1
-                if counted == keep:
-                    return text[: i + 1]
-        return text  # mostly marks: keep it all
-
-    return lambda text: run.sub(kept, text)
+    letters = "".join(ranges)
+    return Shrinker(re.compile(f"[{letters}]{{{MIN_RUN},}}"), re.compile(f"[^{letters}]"), keep)

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from .archive import ArchiveSource, is_archive, read_archive
-from .cut import break_test, cut, run_shrinker
+from .cut import Shrinker, break_test, cut, run_shrinker
 from .errors import BundleError, InputError
 from .manifest import RANGES_KEY, Manifest, check_digest
 from .panics import quiet_panics
@@ -159,7 +159,7 @@ class Embedder:
         self.self_check_result: SelfCheckResult | None = None  # set by load(self_check=...)
         self._tok_full: Tokenizer | None = None  # built on first token_count(): copying costs ~0.1 s of cold start
         self._breaks: Callable[[str], bool] | None = None  # where long texts may be cut: on first long text
-        self._shrink: Callable[[str], str] | None = None  # shortens one-word runs (same tokens): with _breaks
+        self._shrink: Shrinker | None = None  # shortens one-word runs (same tokens): with _breaks
         self._tok_windows: dict[int, Tokenizer] = {}  # long_text="window": one per stride, built on first use
         self._ranges: npt.NDArray[np.float32] | None = None  # int8_ranges as an array, on first use
         self._pool = POOLERS[manifest.pooling]
@@ -337,12 +337,16 @@ class Embedder:
         """
         items = check_texts(texts)
         prefix = self._prefix(prompt)
-        full = self._shortened([prefix + t for t in items])
-        out: list[Encoding | None] = [None] * len(full)
-        pending = list(range(len(full)))
+        whole = [prefix + t for t in items]
+        out: list[Encoding | None] = [None] * len(whole)
+        pending = list(range(len(whole)))
         limit = self.max_length * _CHARS_PER_TOKEN
-        breaks = self._breaks
+        breaks, shrink = self._cut_tools() if any(len(t) > limit for t in whole) else (None, None)
         while pending:
+            # only a head of a long text, a little longer than the cut, is shortened: the cut
+            # never looks past it
+            full = {i: shrink.head(whole[i], limit) if shrink and len(whole[i]) > limit else whole[i]
+                    for i in pending}
             cuts = [cut(full[i], limit, breaks) if breaks else full[i] for i in pending]
             again = []
             for i, c, e in zip(pending, cuts, _tokenize_batch(self._tok, cuts), strict=True):
@@ -353,6 +357,14 @@ class Embedder:
             pending, limit = again, limit * 4
         return [e for e in out if e is not None]
 
+    def _cut_tools(self) -> tuple[Callable[[str], bool], Shrinker | None]:
+        """Where this tokenizer starts a word, and its run shrinker: read from its configuration
+        on the first long text."""
+        if self._breaks is None:
+            config = self._tok.to_str()
+            self._breaks, self._shrink = break_test(config), run_shrinker(config)
+        return self._breaks, self._shrink
+
     def _shortened(self, texts: list[str]) -> list[str]:
         """``texts`` with the giant runs of the long ones shortened (edge_embed.cut.run_shrinker):
         the same tokens for less tokenizing. Reads the tokenizer's configuration on the first
@@ -360,10 +372,7 @@ class Embedder:
         limit = self.max_length * _CHARS_PER_TOKEN
         if not any(len(t) > limit for t in texts):
             return texts
-        if self._breaks is None:
-            config = self._tok.to_str()
-            self._breaks, self._shrink = break_test(config), run_shrinker(config)
-        shrink = self._shrink
+        shrink = self._cut_tools()[1]
         if shrink is None:
             return texts
         return [shrink(t) if len(t) > limit else t for t in texts]

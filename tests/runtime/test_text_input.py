@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from edge_embed import Embedder, InputError
-from edge_embed.cut import break_test, cut, run_shrinker
+from edge_embed.cut import Shrinker, break_test, cut, run_shrinker
 
 
 def whole_then_truncated(emb: Embedder, text: str) -> tuple[list[int], bool]:
@@ -87,6 +87,26 @@ def test_giant_runs_are_shortened_before_the_tokenizer_sees_them(int8: Embedder,
     assert int8.token_count(blobs) == [len(whole.encode(t).ids) for t in blobs] == [3, 3, 3, 13]
     res = int8.embed_detailed(blobs, long_text="window")
     assert list(res.tokens) == [3, 3, 3, 13] and max(seen) <= limit
+
+
+def test_only_a_head_of_a_long_text_is_shortened(int8: Embedder, monkeypatch) -> None:
+    """Shortening runs costs time in proportion to the text it reads, so tokenize reads a head a
+    little longer than the cut; the head agrees with the text shortened whole up to past the cut."""
+    limit = int8.max_length * 8
+    shrink = run_shrinker(int8._tok.to_str())
+    assert shrink is not None
+    cases = {**long_cases(limit),
+             "run-across-the-head": " a" * (limit - 100) + "q" * (limit * 3) + " b" * limit,
+             "runs-then-words": ("z" * 5000 + " ") * 10 + "word " * limit}
+    for name, text in cases.items():
+        for size in (limit, 4 * limit):
+            assert shrink.head(text, size)[: size + 1] == shrink(text)[: size + 1], (name, size)
+    read: list[int] = []
+    real = Shrinker.__call__
+    monkeypatch.setattr(Shrinker, "__call__", lambda self, t: read.append(len(t)) or real(self, t))
+    english = "edge embeddings run offline on the devices people own " * 100_000  # 5.4 MB
+    assert int8.tokenize([english])[0].ids == int8.tokenize([english[: limit * 2]])[0].ids
+    assert max(read) <= 4 * limit
 
 
 def test_the_run_shrinker_is_only_for_bert_wordpiece() -> None:
