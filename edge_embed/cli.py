@@ -490,6 +490,9 @@ def add_serve_parser(sub: Any) -> None:
                    help="texts per micro-batch: one ONNX Runtime run (32)")
     s.add_argument("--batch-wait-ms", type=float, default=env("EDGE_EMBED_BATCH_WAIT_MS", "2"),
                    help="under steady load, wait up to this long for the next micro-batch to fill (2; 0 = off)")
+    s.add_argument("--express-tokens", type=int, default=env("EDGE_EMBED_EXPRESS_TOKENS", "256"),
+                   help="a request of at most this many padded tokens that arrives while a long request is "
+                        "being computed runs at once beside it, in a second inference thread (256; 0 = off)")
     s.add_argument("--long-text", choices=("truncate", "error", "window"),
                    default=env("EDGE_EMBED_LONG_TEXT", "truncate"),
                    help="texts over max_length: truncate, answer 422, or embed overlapping windows and average "

@@ -34,6 +34,7 @@ class ServerConfig:
     graceful_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM; the rest get 503
     warmup: bool = True  # run the largest batch shape once at startup (see Scheduler.warm_up)
     batch_wait_ms: float = 2.0  # see Scheduler._gather; 0 turns it off
+    express_tokens: int = 256  # padded tokens: a request this small runs beside a long one's run; 0 turns it off
     header_timeout: float = 10.0  # seconds from connection (or first byte) to a complete request head
     body_timeout: float = 30.0  # seconds to receive a whole request body
     keep_alive_timeout: float = 5.0  # idle seconds before a keep-alive connection is closed
@@ -50,6 +51,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 3600:
                 raise InputError(f"--{name.replace('_', '-')}: expected seconds in (0, 3600], got {value!r}")
+        if not isinstance(self.express_tokens, int) or isinstance(self.express_tokens, bool) or self.express_tokens < 0:
+            raise InputError(f"--express-tokens: expected 0 (off) or a positive integer, got {self.express_tokens!r}")
         if not 0 <= self.batch_wait_ms <= 1000:
             raise InputError(f"--batch-wait-ms: expected 0-1000, got {self.batch_wait_ms!r}")
         if not 0 <= self.port <= 65535:
@@ -84,7 +87,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             raise InputError("--api-key-file: also got --api-key (or $EDGE_EMBED_API_KEY); pass one of them")
         api_key = _read_key_file(key_file)
     extra = {name: getattr(args, name) for name in ("header_timeout", "body_timeout", "keep_alive_timeout",
-                                                      "max_connections", "graceful_timeout", "long_text")
+                                                      "max_connections", "graceful_timeout", "long_text",
+                                                      "express_tokens")
              if getattr(args, name, None) is not None}
     config = ServerConfig(
         host=args.host, port=args.port, api_key=api_key,

@@ -11,6 +11,12 @@ A request's texts are handed out longest first, so a micro-batch holds texts of 
 length (little padding), and each request gets exactly its own vectors back, in its
 order, once all its texts are done.
 
+A request small enough for one micro-batch of ``express_tokens`` padded tokens that arrives
+while the worker is computing a share of a request too big for one run does not wait for
+that run at all: it runs at once in a second inference thread (the express lane), beside
+the long run. ONNX Runtime sessions take concurrent runs; the long request loses the few
+milliseconds the short run costs.
+
 There is no fixed batching delay: a lone request runs at once, and only under steady load
 does the worker wait a moment (``batch_wait_ms``) for the clients it just answered to send
 their next request.
@@ -64,6 +70,7 @@ class _Job:
     order: list[int] = field(init=False)  # the order texts are handed out: longest first
     next: int = 0  # texts handed to micro-batches so far
     left: int = field(init=False)  # texts not yet embedded
+    big: bool = False  # too big for one micro-batch on its own (Scheduler._long)
 
     def __post_init__(self) -> None:
         self.tokens = np.zeros(len(self.texts), dtype=np.int64)
@@ -90,6 +97,9 @@ class Scheduler:
         self._unfinished: set[_Job] = set()  # queued or partly computed
         self._wake = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-embed-infer")
+        self.express = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-embed-express")
+        self._express_task: asyncio.Task[None] | None = None
+        self._main_long = False  # the worker is computing a share of a request too big for one run
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False  # stop(): finish the queue, then end the task
@@ -154,7 +164,11 @@ class Scheduler:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        while self._express_task is not None and not self._express_task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._express_task
         self.executor.shutdown(wait=True)
+        self.express.shutdown(wait=True)
 
     async def submit(self, texts: list[str], prompt: str | None, weights: list[int],
                      long_text: str = "truncate") -> Result:
@@ -167,10 +181,12 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         job = _Job(texts, prompt, weights, "window" if long_text == "window" else "truncate", loop.create_future(),
                    np.empty((len(texts), self.embedder.dim), dtype=np.float32))
+        job.big = self._long(job)
         self.jobs.append(job)
         self._unfinished.add(job)
         self.queued_texts += len(texts)
         self._wake.set()
+        self._start_express()
         try:
             return await job.future
         finally:
@@ -242,6 +258,47 @@ class Scheduler:
         self.queued_texts -= n
         return list(picked.items())
 
+    def _long(self, job: _Job) -> bool:
+        """Whether a request needs more than one micro-batch even on its own."""
+        limit = self.embedder.max_length
+        width = min(max(job.weights, default=0), limit)
+        padded = len(job.weights) * width + sum(max(0, w - limit) for w in job.weights)
+        return len(job.weights) > self.config.batch_size or padded > self.config.max_batch_tokens
+
+    def _start_express(self) -> None:
+        """Run the small requests that wait behind a long one's run in the express lane, now."""
+        if (self._main_long and self.config.express_tokens and not self._closing and not self._refusing
+                and (self._express_task is None or self._express_task.done())):
+            pieces = self._take_small()
+            if pieces:
+                self._express_task = asyncio.get_running_loop().create_task(self._express_run(pieces))
+
+    def _take_small(self) -> list[_Piece]:
+        """Whole requests not yet started that fit, together, in one express micro-batch."""
+        budget = min(self.config.express_tokens, self.config.max_batch_tokens)
+        rows, limit = self.config.batch_size, self.embedder.max_length
+        width = extra = n = 0
+        picked: list[_Piece] = []
+        for job in self.jobs:
+            if job.next or job.future.done():
+                continue
+            wider = max(width, *(min(w, limit) for w in job.weights))
+            more = extra + sum(max(0, w - limit) for w in job.weights)
+            if n + len(job.texts) > rows or (n + len(job.texts)) * wider + more > budget:
+                continue
+            picked.append((job, list(job.order)))
+            width, extra, n = wider, more, n + len(job.texts)
+        for job, idx in picked:
+            job.next = len(idx)
+            self.jobs.remove(job)
+        self.queued_texts -= n
+        return picked
+
+    async def _express_run(self, pieces: list[_Piece]) -> None:
+        while pieces:
+            await self._compute(pieces, self.express, lane="express")
+            pieces = self._take_small() if self._main_long and not self._closing and not self._refusing else []
+
     async def _run(self) -> None:
         while True:
             if not self.jobs:
@@ -260,14 +317,20 @@ class Scheduler:
             finishing = [p for p in pieces if not p[0].waiting]
             rest = [p for p in pieces if p[0].waiting]
             for run in ([finishing, rest] if finishing and rest else [pieces]):
-                await self._compute(run)
+                self._main_long = any(job.big for job, _ in run)
+                self._start_express()  # small requests already queued need not wait for this run
+                try:
+                    await self._compute(run)
+                finally:
+                    self._main_long = False
 
-    async def _compute(self, pieces: list[_Piece]) -> None:
-        """One inference call in the inference thread; each request's share of it delivered."""
+    async def _compute(self, pieces: list[_Piece], executor: ThreadPoolExecutor | None = None,
+                       lane: str = "main") -> None:
+        """One inference call in an inference thread; each request's share of it delivered."""
         n_texts = sum(len(idx) for _, idx in pieces)
         t0 = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer, pieces)
+            results = await asyncio.get_running_loop().run_in_executor(executor or self.executor, self._infer, pieces)
         except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
             raise
         except BaseException as e:  # noqa: BLE001 - a 500 for each waiting request (pyo3 panics included);
@@ -278,7 +341,7 @@ class Scheduler:
         self.metrics.batch_size.observe(n_texts)
         self.metrics.batch_requests.observe(len(pieces))
         self.metrics.batch_tokens.observe(sum(job.weights[i] for job, idx in pieces for i in idx))
-        log.debug("micro-batch: %d texts of %d requests (%s) in %.3f s", n_texts, len(pieces),
+        log.debug("micro-batch (%s): %d texts of %d requests (%s) in %.3f s", lane, n_texts, len(pieces),
                   ",".join(str(len(idx)) for _, idx in pieces), took)
         for (job, idx), res in zip(pieces, results, strict=True):
             if job.future.done():

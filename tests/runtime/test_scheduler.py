@@ -97,3 +97,74 @@ def test_a_short_request_runs_before_the_rest_of_the_long_one() -> None:
     runs = emb.calls[1:]
     assert runs[0] == short  # the request a micro-batch completes runs first, on its own
     assert all(len(r) * 40 <= 256 for r in runs[1:])
+
+
+class MainLaneGate(FakeEmbedder):
+    """Every run in the main inference thread waits for the gate; express runs do not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def embed_detailed(self, texts: list[str], **kw: Any) -> EmbedResult:
+        self.threads.append(threading.current_thread().name)
+        if threading.current_thread().name.startswith("edge-embed-infer") and not self.gate.wait(30):
+            raise RuntimeError("gate never opened")
+        self.calls.append(list(texts))
+        vecs = np.zeros((len(texts), self.dim), dtype=np.float32)
+        vecs[:, 0] = [float(t.split()[0]) for t in texts]
+        vecs[:, 1] = 1
+        return EmbedResult(vecs, np.array([self.tokens(t) for t in texts], dtype=np.int64), 0)
+
+
+async def _short_beside_long(config: ServerConfig, short: list[str], n_long: int = 20,
+                             wait: float = 1.5) -> tuple[bool, MainLaneGate]:
+    """A request of n_long texts of 40 tokens has its first run held in the main thread; is the
+    short one answered within ``wait`` seconds meanwhile (a fake run takes microseconds)?"""
+    emb = MainLaneGate()
+    sched = Scheduler(emb, config, Metrics())  # type: ignore[arg-type]
+    sched.start()
+    try:
+        long_request = [text(i, 40) for i in range(n_long)]
+        long_task = asyncio.ensure_future(sched.submit(long_request, None, [40] * n_long))
+        while not emb.threads:
+            await asyncio.sleep(0.001)
+        short_task = asyncio.ensure_future(sched.submit(short, None, [emb.tokens(t) for t in short]))
+        done, _ = await asyncio.wait([short_task], timeout=wait)
+        answered_beside = bool(done)
+        emb.gate.set()
+        (vectors, _), (long_vectors, _) = await short_task, await long_task
+        assert list(vectors[:, 0]) == [float(t.split()[0]) for t in short]
+        assert list(long_vectors[:, 0]) == list(range(n_long))
+        return answered_beside, emb
+    finally:
+        emb.gate.set()
+        await sched.stop()
+
+
+def test_a_short_request_does_not_wait_for_a_long_ones_run() -> None:
+    """While the main thread computes a share of a request that needs more runs, a request that
+    fits the express budget runs at once in the second thread, and its answer is not held back."""
+    config = ServerConfig(max_batch_tokens=256, batch_size=32, warmup=False, express_tokens=64)
+    beside, emb = asyncio.run(_short_beside_long(config, [text(999, 2), text(998, 3)], wait=30))
+    assert beside
+    assert sorted(emb.calls[0]) == sorted([text(999, 2), text(998, 3)])  # computed while the long run was held
+    assert any(name.startswith("edge-embed-express") for name in emb.threads)
+
+
+@pytest.mark.parametrize("express_tokens, short", [(0, [text(999, 2)]),  # off
+                                                    (64, [text(999, 40), text(998, 40)])])  # over its budget
+def test_no_express_run_when_off_or_over_its_budget(express_tokens: int, short: list[str]) -> None:
+    config = ServerConfig(max_batch_tokens=256, batch_size=32, warmup=False, express_tokens=express_tokens)
+    beside, emb = asyncio.run(_short_beside_long(config, short))
+    assert not beside
+    assert all(name.startswith("edge-embed-infer") for name in emb.threads)
+
+
+def test_no_express_run_beside_a_request_that_fits_one_run() -> None:
+    """Under steady load of small requests their texts share runs round-robin; none of them is
+    long, so nothing runs beside them (two concurrent runs would only split the cores)."""
+    config = ServerConfig(max_batch_tokens=256, batch_size=32, warmup=False, express_tokens=64)
+    beside, emb = asyncio.run(_short_beside_long(config, [text(999, 2)], n_long=6))  # 6 x 40 = 240 tokens
+    assert not beside
+    assert all(name.startswith("edge-embed-infer") for name in emb.threads)

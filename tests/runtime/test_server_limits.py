@@ -171,10 +171,11 @@ class Recording(Gated):
 
 
 def test_short_request_rides_the_next_micro_batch_of_a_long_one(fp32: Embedder) -> None:
-    """A 1-text request queued behind a 96-text one is in the very next micro-batch, and both
-    get exactly their own vectors, in order, though the long one is split and reordered (fp32)."""
+    """Without the express lane, a 1-text request queued behind a 96-text one is in the very next
+    micro-batch, and both get exactly their own vectors, in order, though the long one is split
+    and reordered (fp32)."""
     rec = Recording(fp32)
-    s = LiveServer(rec, ServerConfig(max_batch_tokens=160, warmup=False))
+    s = LiveServer(rec, ServerConfig(max_batch_tokens=160, warmup=False, express_tokens=0))
     # varied lengths: a request's texts are handed out longest first, and must come back in order
     long_texts = [f"passage {i} " + "about quantized sentence embeddings " * (i % 7 + 1) for i in range(96)]
     try:
@@ -190,6 +191,39 @@ def test_short_request_rides_the_next_micro_batch_of_a_long_one(fp32: Embedder) 
         assert long_r.status_code == short_r.status_code == 200
         np.testing.assert_allclose(np.array(long_r.json()), fp32.embed(long_texts), atol=1e-5)
         np.testing.assert_allclose(np.array(short_r.json()), fp32.embed(["just one question"]), atol=1e-5)
+    finally:
+        rec.gate.set()
+        s.close()
+
+
+class MainThreadGated(Recording):
+    """Records every call; only the calls in the main inference thread wait for the gate."""
+
+    def embed_detailed(self, texts: list[str], **kw: Any) -> Any:
+        if threading.current_thread().name.startswith("edge-embed-infer"):
+            return super().embed_detailed(texts, **kw)
+        self.texts.append(list(texts))
+        return self._emb.embed_detailed(texts, **kw)
+
+
+def test_short_request_is_answered_while_a_long_ones_run_is_held(fp32: Embedder) -> None:
+    """The express lane: with the long request's first run held, the 1-text request is answered
+    meanwhile, from the second inference thread, with its own vector."""
+    rec = MainThreadGated(fp32)
+    s = LiveServer(rec, ServerConfig(max_batch_tokens=160, warmup=False))
+    long_texts = [f"passage {i} " + "about quantized sentence embeddings " * (i % 7 + 1) for i in range(96)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            long = pool.submit(HTTP.post, s.url + "/embed", json={"inputs": long_texts}, timeout=120)
+            wait_for(lambda: len(rec.texts) == 1)  # the first micro-batch is held
+            short_r = HTTP.post(s.url + "/embed", json={"inputs": ["just one question"]}, timeout=60)
+            assert not long.done()
+            rec.gate.set()
+            long_r = long.result()
+        assert rec.texts[1] == ["just one question"]
+        assert short_r.status_code == long_r.status_code == 200
+        np.testing.assert_allclose(np.array(short_r.json()), fp32.embed(["just one question"]), atol=1e-5)
+        np.testing.assert_allclose(np.array(long_r.json()), fp32.embed(long_texts), atol=1e-5)
     finally:
         rec.gate.set()
         s.close()
