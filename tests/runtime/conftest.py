@@ -32,12 +32,15 @@ def msmarco_records() -> list[dict[str, str]]:
         return [json.loads(line) for line in f]
 
 
-# every 5th passage: 1,000 spread over the whole corpus (every shard of a job over it, every worker)
+# the first 2,000 passages are the corpus the corpus and Ray tests run over (5 shards of a job);
+# every 5th of them, 400, is the reference sample: every shard, every worker
+CORPUS_N = 2000
 SAMPLE_STEP = 5
 
 
 @pytest.fixture(scope="session")
 def msmarco_sample_fp32(fp32: Embedder) -> np.ndarray:
-    """Embedder.embed of every SAMPLE_STEP-th msmarco-5k passage with the fp32 bundle: the corpus and
-    Ray tests' reference (fp32 vectors do not depend on the batch, so a sample checks a whole job)."""
-    return fp32.embed([r["text"] for r in msmarco_records()[::SAMPLE_STEP]])
+    """Embedder.embed of every SAMPLE_STEP-th of the first CORPUS_N msmarco-5k passages with the
+    fp32 bundle: the corpus and Ray tests' reference (fp32 vectors do not depend on the batch,
+    so a sample checks a whole job)."""
+    return fp32.embed([r["text"] for r in msmarco_records()[:CORPUS_N:SAMPLE_STEP]])

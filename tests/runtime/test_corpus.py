@@ -18,7 +18,7 @@ from edge_embed import Embedder
 from edge_embed.cli import main
 from edge_embed.corpus import JOB_FILE, embed_corpus, shard_name
 
-from .conftest import MSMARCO, SAMPLE_STEP, msmarco_records
+from .conftest import CORPUS_N, SAMPLE_STEP, msmarco_records
 
 pa = pytest.importorskip("pyarrow", reason="needs the corpus extra (pip install 'edge-embed[corpus]')")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -46,7 +46,7 @@ def _slice(tmp_path: Path, n: int) -> Path:
     return path
 
 
-@pytest.mark.slow  # an fp32 pass over 5,000 passages and one over 1,000
+@pytest.mark.slow  # an fp32 pass over 2,000 passages and one over 400
 def test_job_over_msmarco_matches_embed_in_order_with_ids(tmp_path: Path, fp32: Embedder,
                                                            msmarco_sample_fp32: np.ndarray, minilm_fp32: Path) -> None:
     # fp32: its vectors do not depend on which texts share a batch, so they must match embed()'s;
@@ -54,11 +54,11 @@ def test_job_over_msmarco_matches_embed_in_order_with_ids(tmp_path: Path, fp32: 
     # Every id is checked, and the vectors of every 5th row (all shards, both workers): a vector
     # given to the wrong row or batched wrongly shows there
     out = tmp_path / "out"
-    rc = main(["embed-corpus", str(MSMARCO), "-o", str(out), "-m", str(minilm_fp32), "--workers", "2",
-               "--shard-size", "1000", "--no-progress"])
+    rc = main(["embed-corpus", str(_slice(tmp_path, CORPUS_N)), "-o", str(out), "-m", str(minilm_fp32),
+               "--workers", "2", "--shard-size", str(CORPUS_N // 5), "--no-progress"])
     assert rc == 0
     table = pq.read_table(out)
-    recs = _records()
+    recs = _records(CORPUS_N)
     assert table.column("id").to_pylist() == [r["_id"] for r in recs]
     assert table.schema.field("vector").type == pa.list_(pa.float32(), fp32.dim)
     cos = np.sum(_vectors(table)[::SAMPLE_STEP] * msmarco_sample_fp32, axis=1)

@@ -17,7 +17,7 @@ from edge_embed.archive import pack
 from edge_embed.cli import main
 from edge_embed.corpus import JOB_FILE
 
-from .conftest import SAMPLE_STEP, msmarco_records
+from .conftest import CORPUS_N, SAMPLE_STEP, msmarco_records
 
 ray = pytest.importorskip("ray", reason="needs the ray extra (pip install 'edge-embed[ray]')")
 pytest.importorskip("ray.data", reason="needs the ray extra (pip install 'edge-embed[ray]')")
@@ -25,7 +25,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from edge_embed.ray import EdgeEmbed  # noqa: E402 - after the skip
 
-N = 1000  # every 5th msmarco-5k passage (the shared reference sample): test_corpus.py runs the whole corpus
+N = CORPUS_N // SAMPLE_STEP  # the shared reference sample, as test_corpus.py's job over the same passages
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ class PidEdgeEmbed(EdgeEmbed):
 
 def test_map_batches_with_two_actors_matches_embed(local_ray: Any, minilm_fp32: Path, msmarco_sample_fp32: np.ndarray,
                                                    tmp_path: Path) -> None:
-    recs = msmarco_records()[::SAMPLE_STEP]
+    recs = msmarco_records()[:CORPUS_N:SAMPLE_STEP]
     want = msmarco_sample_fp32
     assert len(recs) == len(want) == N
     packed = pack(minilm_fp32, tmp_path / "minilm-fp32.edgeembed")
