@@ -70,7 +70,11 @@ class _Job:
     order: list[int] = field(init=False)  # the order texts are handed out: longest first
     next: int = 0  # texts handed to micro-batches so far
     left: int = field(init=False)  # texts not yet embedded
-    big: bool = False  # too big for one micro-batch on its own (Scheduler._long)
+    # set by Scheduler.submit: the widest row it puts in a run (capped at max_length), the window-mode
+    # tokens beyond that, and whether it is too big for one micro-batch on its own
+    width: int = 0
+    extra: int = 0
+    big: bool = False
 
     def __post_init__(self) -> None:
         self.tokens = np.zeros(len(self.texts), dtype=np.int64)
@@ -181,7 +185,11 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         job = _Job(texts, prompt, weights, "window" if long_text == "window" else "truncate", loop.create_future(),
                    np.empty((len(texts), self.embedder.dim), dtype=np.float32))
-        job.big = self._long(job)
+        limit = self.embedder.max_length
+        job.width = min(max(weights, default=0), limit)
+        job.extra = sum(max(0, w - limit) for w in weights)
+        job.big = (len(texts) > self.config.batch_size
+                   or len(texts) * job.width + job.extra > self.config.max_batch_tokens)
         self.jobs.append(job)
         self._unfinished.add(job)
         self.queued_texts += len(texts)
@@ -258,17 +266,14 @@ class Scheduler:
         self.queued_texts -= n
         return list(picked.items())
 
-    def _long(self, job: _Job) -> bool:
-        """Whether a request needs more than one micro-batch even on its own."""
-        limit = self.embedder.max_length
-        width = min(max(job.weights, default=0), limit)
-        padded = len(job.weights) * width + sum(max(0, w - limit) for w in job.weights)
-        return len(job.weights) > self.config.batch_size or padded > self.config.max_batch_tokens
+    @property
+    def _express_open(self) -> bool:
+        """The main thread computes a share of a big request, and the lane is on and taking work."""
+        return self._main_long and bool(self.config.express_tokens) and not self._closing and not self._refusing
 
     def _start_express(self) -> None:
         """Run the small requests that wait behind a long one's run in the express lane, now."""
-        if (self._main_long and self.config.express_tokens and not self._closing and not self._refusing
-                and (self._express_task is None or self._express_task.done())):
+        if self._express_open and (self._express_task is None or self._express_task.done()):
             pieces = self._take_small()
             if pieces:
                 self._express_task = asyncio.get_running_loop().create_task(self._express_run(pieces))
@@ -276,14 +281,13 @@ class Scheduler:
     def _take_small(self) -> list[_Piece]:
         """Whole requests not yet started that fit, together, in one express micro-batch."""
         budget = min(self.config.express_tokens, self.config.max_batch_tokens)
-        rows, limit = self.config.batch_size, self.embedder.max_length
+        rows = self.config.batch_size
         width = extra = n = 0
         picked: list[_Piece] = []
         for job in self.jobs:
             if job.next or job.future.done():
                 continue
-            wider = max(width, *(min(w, limit) for w in job.weights))
-            more = extra + sum(max(0, w - limit) for w in job.weights)
+            wider, more = max(width, job.width), extra + job.extra
             if n + len(job.texts) > rows or (n + len(job.texts)) * wider + more > budget:
                 continue
             picked.append((job, list(job.order)))
@@ -297,7 +301,7 @@ class Scheduler:
     async def _express_run(self, pieces: list[_Piece]) -> None:
         while pieces:
             await self._compute(pieces, self.express, lane="express")
-            pieces = self._take_small() if self._main_long and not self._closing and not self._refusing else []
+            pieces = self._take_small() if self._express_open else []
 
     async def _run(self) -> None:
         while True:
